@@ -1,0 +1,282 @@
+"""Tests for vae_jax.distributions: closed forms against SciPy, Monte Carlo, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import test_util
+from scipy import special, stats
+
+import vae_jax
+
+RNG = np.random.default_rng(0)
+
+
+def test_log_normal_matches_scipy():
+  x, mean = RNG.normal(size=(2, 5, 7)).astype(np.float32)
+  logvar = RNG.normal(size=(5, 7)).astype(np.float32)
+  expected = stats.norm.logpdf(x, mean, np.exp(0.5 * logvar)).sum(-1)
+  np.testing.assert_allclose(vae_jax.log_normal(x, mean, logvar), expected, rtol=1e-5)
+
+
+def test_log_normal_fixed_and_per_pixel_variance_broadcast():
+  x, mean = RNG.normal(size=(2, 5, 7)).astype(np.float32)
+  fixed = np.float32(-1.3)
+  np.testing.assert_allclose(
+    vae_jax.log_normal(x, mean, fixed),
+    stats.norm.logpdf(x, mean, np.exp(0.5 * fixed)).sum(-1),
+    rtol=1e-5,
+  )
+  per_pixel = RNG.normal(size=(7,)).astype(np.float32)
+  np.testing.assert_allclose(
+    vae_jax.log_normal(x, mean, per_pixel),
+    stats.norm.logpdf(x, mean, np.exp(0.5 * per_pixel)).sum(-1),
+    rtol=1e-5,
+  )
+
+
+def test_log_bernoulli_matches_scipy():
+  x = (RNG.uniform(size=(4, 9)) < 0.5).astype(np.float32)
+  logits = RNG.normal(scale=3.0, size=(4, 9)).astype(np.float32)
+  expected = stats.bernoulli.logpmf(x, special.expit(logits.astype(np.float64))).sum(-1)
+  np.testing.assert_allclose(vae_jax.log_bernoulli(x, logits), expected, rtol=1e-5)
+  # Bool and int data give the same answer as float data.
+  np.testing.assert_allclose(vae_jax.log_bernoulli(x.astype(bool), logits), expected, rtol=1e-5)
+  np.testing.assert_allclose(vae_jax.log_bernoulli(x.astype(np.int32), logits), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("magnitude", [30.0, 1e2, 1e4, 1e6])
+def test_log_bernoulli_is_exact_at_extreme_logits(magnitude):
+  x = jnp.array([[1.0], [0.0], [1.0], [0.0]])
+  logits = jnp.array([[magnitude], [magnitude], [-magnitude], [-magnitude]])
+  values = vae_jax.log_bernoulli(x, logits)
+  right = -np.log1p(np.exp(-magnitude))  # float64; rounds to 0 beyond about 40
+  wrong = -magnitude + right
+  np.testing.assert_allclose(values, [right, wrong, wrong, right], rtol=1e-6, atol=1e-37)
+  if magnitude >= 1e4:  # the exact limits
+    np.testing.assert_array_equal(values, [0.0, -magnitude, -magnitude, 0.0])
+  grads = jax.grad(lambda l: vae_jax.log_bernoulli(x, l).sum())(logits)
+  assert np.all(np.isfinite(grads))
+  # d/dl log p = x - sigmoid(l): 0, -1, +1, 0 in the limit.
+  np.testing.assert_allclose(grads[:, 0], [0.0, -1.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_kl_normal_matches_closed_form_in_float64():
+  mq, lq, mp, lp = RNG.normal(size=(4, 3, 6))
+  vq, vp = np.exp(lq), np.exp(lp)
+  expected = 0.5 * np.sum(np.log(vp / vq) + (vq + (mq - mp) ** 2) / vp - 1.0, axis=-1)
+  args = [a.astype(np.float32) for a in (mq, lq, mp, lp)]
+  np.testing.assert_allclose(vae_jax.kl_normal(*args), expected, rtol=1e-5)
+  zeros = np.zeros_like(args[0])
+  np.testing.assert_allclose(
+    vae_jax.kl_normal_std(args[0], args[1]),
+    vae_jax.kl_normal(args[0], args[1], zeros, zeros),
+    rtol=1e-6,
+  )
+
+
+def test_kl_is_zero_for_equal_distributions_and_accurate_when_close():
+  mean, logvar = RNG.normal(size=(2, 3, 5)).astype(np.float32)
+  np.testing.assert_array_equal(vae_jax.kl_normal(mean, logvar, mean, logvar), 0.0)
+  # For a small log-variance ratio r the KL is about r^2/4 per dimension; the
+  # naive formula var ratio - 1 - log ratio loses it to cancellation in float32.
+  r = np.array([1e-6, 1e-4, -1e-3, 0.099, 0.101, -0.099, -0.101, 0.3, -2.0])
+  expected = 0.5 * (np.expm1(r) - r)  # float64 is exact enough here
+  kl = vae_jax.kl_normal_std_per_dimension(jnp.zeros(r.shape), jnp.asarray(r, jnp.float32))
+  np.testing.assert_allclose(kl, expected, rtol=3e-6)
+
+
+def test_kl_monte_carlo_matches_analytic_value_and_gradient():
+  mq, lq, mp, lp = (jnp.asarray(a, jnp.float32) for a in RNG.normal(scale=0.5, size=(4, 2, 3)))
+  num_samples = 200_000
+
+  def monte_carlo_kl(mq, lq):
+    z = vae_jax.reparameterize(jax.random.key(1), mq, lq, num_samples)
+    return jnp.mean(
+      vae_jax.log_normal(z, mq[None], lq[None]) - vae_jax.log_normal(z, mp[None], lp[None]), 0
+    )
+
+  analytic = vae_jax.kl_normal(mq, lq, mp, lp)
+  np.testing.assert_allclose(monte_carlo_kl(mq, lq), analytic, atol=0.02)
+  grad_mc = jax.grad(lambda *a: monte_carlo_kl(*a).sum(), argnums=(0, 1))(mq, lq)
+  grad_exact = jax.grad(lambda *a: vae_jax.kl_normal(*a, mp, lp).sum(), argnums=(0, 1))(mq, lq)
+  for mc, exact in zip(grad_mc, grad_exact):
+    np.testing.assert_allclose(mc, exact, atol=0.03)
+
+
+def test_reparameterize_shape_moments_and_gradient():
+  mean = jnp.array([[1.0, -2.0], [0.5, 3.0]])
+  logvar = jnp.array([[0.0, 1.0], [-1.0, 2.0]])
+  z = vae_jax.reparameterize(jax.random.key(0), mean, logvar, 100_000)
+  assert z.shape == (100_000, 2, 2)
+  np.testing.assert_allclose(z.mean(0), mean, atol=0.03)
+  np.testing.assert_allclose(z.var(0), jnp.exp(logvar), rtol=0.03)
+  # dz/dmean = 1 and dz/dlogvar = (z - mean) / 2 for each sample.
+  key = jax.random.key(3)
+  z1 = vae_jax.reparameterize(key, mean, logvar, 1)[0]
+  g_mean, g_logvar = jax.grad(
+    lambda m, lv: vae_jax.reparameterize(key, m, lv, 1).sum(), argnums=(0, 1)
+  )(mean, logvar)
+  np.testing.assert_allclose(g_mean, jnp.ones_like(mean))
+  np.testing.assert_allclose(g_logvar, 0.5 * (z1 - mean), rtol=1e-6)
+
+
+def _reference_discretized_logistic(x, mean, scale, num_bins=256):
+  """Per-pixel log bin masses in float64 from the logistic CDF.
+
+  Right of the mean it subtracts survival functions rather than CDFs, so that
+  tail bins keep their relative precision.
+  """
+  upper = ((2.0 * x + 1) / (num_bins - 1) - 1.0 - mean) / scale
+  lower = ((2.0 * x - 1) / (num_bins - 1) - 1.0 - mean) / scale
+  upper = np.where(x == num_bins - 1, np.inf, upper)
+  lower = np.where(x == 0, -np.inf, lower)
+  right_of_mean = lower > 0
+  mass = np.where(
+    right_of_mean,
+    special.expit(-lower) - special.expit(-upper),
+    special.expit(upper) - special.expit(lower),
+  )
+  return np.log(mass)
+
+
+def test_discretized_logistic_matches_cdf_differences():
+  x = RNG.integers(0, 256, size=(3, 50))
+  x[0, :2] = [0, 255]  # both edge bins
+  mean = RNG.uniform(-1, 1, size=(3, 50))
+  log_scale = RNG.uniform(-4, 0, size=(3, 50))
+  expected = _reference_discretized_logistic(x, mean, np.exp(log_scale)).sum(-1)
+  got = vae_jax.log_discretized_logistic(
+    x.astype(np.uint8), mean.astype(np.float32), log_scale.astype(np.float32)
+  )
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("log_scale", [-12.0, -7.0, -2.0, 0.0, 4.0, 9.0])
+@pytest.mark.parametrize("mean", [-1.5, -1.0, 0.0, 0.37, 1.0, 3.0])
+def test_discretized_logistic_sums_to_one_with_finite_gradients(mean, log_scale):
+  values = jnp.arange(256)[:, None]
+
+  def log_probs(mean, log_scale):
+    return vae_jax.log_discretized_logistic(values, mean, log_scale)
+
+  lp = log_probs(jnp.float32(mean), jnp.float32(log_scale))
+  assert np.all(np.isfinite(lp))  # far tail bins too: no log(0)
+  np.testing.assert_allclose(jax.nn.logsumexp(lp), 0.0, atol=2e-5)
+  grads = jax.grad(lambda m, s: jax.nn.logsumexp(log_probs(m, s)), argnums=(0, 1))(
+    jnp.float32(mean), jnp.float32(log_scale)
+  )
+  assert np.all(np.isfinite(grads))
+
+
+def test_discretized_logistic_mixture():
+  x = RNG.integers(0, 256, size=(2, 10))
+  mean = RNG.uniform(-1, 1, size=(2, 10, 1)).astype(np.float32)
+  log_scale = RNG.uniform(-3, -1, size=(2, 10, 1)).astype(np.float32)
+  single = vae_jax.log_discretized_logistic(x, mean[..., 0], log_scale[..., 0])
+  # One component, or several identical ones, is the single logistic.
+  np.testing.assert_allclose(
+    vae_jax.log_discretized_logistic_mixture(x, jnp.zeros((2, 10, 1)), mean, log_scale),
+    single,
+    rtol=1e-6,
+  )
+  tiled = [np.tile(a, (1, 1, 3)) for a in (mean, log_scale)]
+  logits = RNG.normal(size=(2, 10, 3)).astype(np.float32)
+  np.testing.assert_allclose(
+    vae_jax.log_discretized_logistic_mixture(x, logits, *tiled), single, rtol=1e-5
+  )
+  # Against the explicit weighted sum of bin masses.
+  means = RNG.uniform(-1, 1, size=(2, 10, 3))
+  log_scales = RNG.uniform(-3, -1, size=(2, 10, 3))
+  masses = np.exp(_reference_discretized_logistic(x[..., None], means, np.exp(log_scales)))
+  expected = np.log(np.sum(special.softmax(logits, -1) * masses, -1)).sum(-1)
+  got = vae_jax.log_discretized_logistic_mixture(
+    x, logits, means.astype(np.float32), log_scales.astype(np.float32)
+  )
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  # A distribution over the 256 values.
+  pixel_values = jnp.arange(256)[:, None]
+  total = jax.nn.logsumexp(
+    vae_jax.log_discretized_logistic_mixture(
+      pixel_values,
+      logits[:1, :1],
+      means[:1, :1].astype(np.float32),
+      log_scales[:1, :1].astype(np.float32),
+    )
+  )
+  np.testing.assert_allclose(total, 0.0, atol=2e-5)
+
+
+def test_log_categorical_matches_log_softmax():
+  logits = RNG.normal(size=(3, 8, 256)).astype(np.float32)
+  x = RNG.integers(0, 256, size=(3, 8))
+  log_softmax = logits - special.logsumexp(logits, -1, keepdims=True)
+  expected = np.take_along_axis(log_softmax, x[..., None], -1)[..., 0].sum(-1)
+  np.testing.assert_allclose(
+    vae_jax.log_categorical(x.astype(np.uint8), logits), expected, rtol=1e-5
+  )
+
+
+def test_gradients_match_finite_differences():
+  jax.config.update("jax_enable_x64", True)
+  try:
+    x = RNG.normal(size=(2, 4))
+    xb = (RNG.uniform(size=(2, 4)) < 0.5).astype(np.float64)
+    xi = RNG.integers(1, 255, size=(2, 4))
+    a, b, c, d = RNG.normal(scale=0.5, size=(4, 2, 4))
+    test_util.check_grads(lambda m, lv: vae_jax.log_normal(x, m, lv), (a, b), order=2)
+    test_util.check_grads(lambda l: vae_jax.log_bernoulli(xb, l), (a,), order=2)
+    test_util.check_grads(vae_jax.kl_normal, (a, b, c, d), order=2)
+    test_util.check_grads(vae_jax.kl_normal_std, (a, b), order=2)
+    test_util.check_grads(
+      lambda m, s: vae_jax.log_discretized_logistic(xi, m, s - 3.0), (a, b), order=1
+    )
+    test_util.check_grads(
+      lambda l: vae_jax.log_categorical(xi % 7, l), (RNG.normal(size=(2, 4, 7)),), order=1
+    )
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (
+      lambda: vae_jax.log_normal(jnp.ones((3, 4)), jnp.ones((3, 5)), 0.0),
+      r"x\(3, 4\), mean\(3, 5\)",
+    ),
+    (
+      lambda: vae_jax.log_bernoulli(jnp.ones((2, 3)), jnp.ones((3, 2))),
+      r"x\(2, 3\), logits\(3, 2\)",
+    ),
+    (
+      lambda: vae_jax.log_bernoulli(jnp.ones((2, 3)), jnp.ones((2, 3), jnp.int32)),
+      "logits must be a floating",
+    ),
+    (
+      lambda: vae_jax.kl_normal_std(jnp.ones((2, 3)), jnp.ones((2, 4))),
+      r"mean\(2, 3\), logvar\(2, 4\)",
+    ),
+    (
+      lambda: vae_jax.kl_normal(jnp.ones(3), jnp.ones(3), jnp.ones(4), jnp.ones(3)),
+      r"mean_p\(4,\)",
+    ),
+    (
+      lambda: vae_jax.reparameterize(jax.random.key(0), jnp.ones((2, 3)), jnp.ones((2, 4)), 1),
+      r"mean\(2, 3\) and logvar\(2, 4\)",
+    ),
+    (
+      lambda: vae_jax.reparameterize(jax.random.key(0), jnp.ones(3), jnp.ones(3), 0),
+      "num_samples must be a positive int",
+    ),
+    (
+      lambda: vae_jax.log_categorical(jnp.ones((2, 3)), jnp.ones((2, 3, 4))),
+      "integer class indices",
+    ),
+    (lambda: vae_jax.log_normal(jnp.float32(1.0), 0.0, 0.0), "event axis"),
+    (lambda: vae_jax.iwae_bound(jnp.float32(1.0)), "leading sample axis"),
+  ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

@@ -1,0 +1,388 @@
+"""ELBO and IWAE bounds, their gradient estimators, and importance-sampled log p(x).
+
+Objectives take plain callables, so any model (or a researcher's function) plugs in:
+
+  encode(x) -> (mean, logvar)        q(z|x), diagonal Gaussian, each [batch, latent]
+  log_likelihood(x, z) -> [batch]    log p(x|z) for one z of shape [batch, latent]
+
+The prior is N(0, I). The K Monte Carlo samples are vmapped, never looped.
+Every result is per-example, [batch]; the caller reduces.
+
+Gradient estimators. Each objective returns a value equal to the bound, and a
+gradient equal to the named estimator:
+  "reparam"  plain reparameterization gradient.
+  "stl"      sticking the landing (Roeder et al. 2017): the score term of
+             log q(z|x) is dropped by stopping the gradient to q's parameters.
+  "dreg"     doubly reparameterized IWAE gradient (Tucker et al. 2018): the
+             encoder gets sum_k w_k^2 d log w_k / dz_k dz_k / dphi, the decoder the
+             usual sum_k w_k d log w_k / dtheta (w the normalized weights).
+"""
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from vae_jax import distributions
+
+Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]
+
+ESTIMATORS = ("reparam", "stl", "dreg")
+
+
+class ElboTerms(NamedTuple):
+  """The two terms of the ELBO, per example: ELBO = reconstruction - kl.
+
+  Attributes:
+    reconstruction: E_q[log p(x|z)], the K-sample average, [batch].
+    kl: KL(q(z|x) || p(z)), analytic or its K-sample estimate, [batch].
+    kl_per_dimension: the analytic KL of each latent dimension, [batch, latent]
+      (for free bits and diagnostics, whichever KL the objective uses).
+  """
+
+  reconstruction: jax.Array
+  kl: jax.Array
+  kl_per_dimension: jax.Array
+
+
+def _encode(encode: Encoder, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Calls encode and checks that it returns two [batch, latent] float arrays."""
+  if x.ndim < 1:
+    raise ValueError(f"x must have a leading batch axis, got shape {x.shape}.")
+  out = encode(x)
+  if not (isinstance(out, (tuple, list)) and len(out) == 2):
+    raise ValueError(f"encode(x) must return (mean, logvar), got {type(out).__name__}.")
+  mean, logvar = (jnp.asarray(a) for a in out)
+  expected = (x.shape[0], "latent")
+  for name, value in (("mean", mean), ("logvar", logvar)):
+    if value.ndim != 2 or value.shape[0] != x.shape[0]:
+      raise ValueError(
+        f"encode(x) returned {name} of shape {value.shape}; expected [batch, latent] = "
+        f"{expected} for x of shape {x.shape}."
+      )
+    distributions.check_floating(f"encode(x) {name}", value)
+  if mean.shape != logvar.shape:
+    raise ValueError(
+      f"encode(x) returned mean{mean.shape} and logvar{logvar.shape}; they must match."
+    )
+  return mean, logvar
+
+
+def _log_likelihood_over_samples(
+  log_likelihood: LogLikelihood, x: jax.Array, z_KxBxZ: jax.Array
+) -> jax.Array:
+  """log p(x|z_k) for each of the K samples, vmapped over K: [K, batch]."""
+
+  def one_sample(z_BxZ):
+    out = jnp.asarray(log_likelihood(x, z_BxZ))
+    if out.shape != (x.shape[0],):
+      raise ValueError(
+        f"log_likelihood(x, z) returned shape {out.shape}; expected [batch] = "
+        f"({x.shape[0]},) for x of shape {x.shape} and z of shape {z_BxZ.shape}. "
+        "Sum over the data dimensions inside log_likelihood."
+      )
+    return out
+
+  return jax.vmap(one_sample)(z_KxBxZ)
+
+
+def _check_estimator(estimator: str, allowed: tuple[str, ...], objective: str) -> None:
+  if estimator not in allowed:
+    raise ValueError(
+      f"estimator={estimator!r} is not available for {objective}; choose one of {allowed}."
+    )
+
+
+def _sample_posterior(
+  key: jax.Array, x: jax.Array, encode: Encoder, num_samples: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Encodes x and draws K reparameterized z: (z [K, batch, latent], mean, logvar)."""
+  distributions.check_num_samples(num_samples)
+  mean, logvar = _encode(encode, x)
+  return distributions.reparameterize(key, mean, logvar, num_samples), mean, logvar
+
+
+def _log_prior_minus_log_q(z_KxBxZ: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """log p(z_k) - log q(z_k|x) with p = N(0, I): [K, batch]."""
+  zero = jnp.zeros((), z_KxBxZ.dtype)
+  return distributions.log_normal(z_KxBxZ, zero, zero) - distributions.log_normal(
+    z_KxBxZ, mean[None], logvar[None]
+  )
+
+
+def log_weights(
+  key: jax.Array,
+  x: ArrayLike,
+  encode: Encoder,
+  log_likelihood: LogLikelihood,
+  num_samples: int,
+) -> jax.Array:
+  """Importance log-weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x).
+
+  Args:
+    key: a JAX random key.
+    x: a batch of data, [batch, ...].
+    encode: x -> (mean, logvar) of q(z|x), each [batch, latent].
+    log_likelihood: (x, z) -> log p(x|z), [batch], for z of shape [batch, latent].
+    num_samples: K.
+
+  Returns:
+    Log-weights, [K, batch].
+  """
+  x = jnp.asarray(x)
+  z, mean, logvar = _sample_posterior(key, x, encode, num_samples)
+  return _log_likelihood_over_samples(log_likelihood, x, z) + _log_prior_minus_log_q(
+    z, mean, logvar
+  )
+
+
+def iwae_bound(log_weights: ArrayLike) -> jax.Array:
+  """IWAE bound logsumexp_k(log w_k) - log K, samples on axis 0 (Burda et al. 2015).
+
+  Args:
+    log_weights: [K, ...].
+
+  Returns:
+    The bound, [...].
+  """
+  log_weights = jnp.asarray(log_weights)
+  if log_weights.ndim < 1:
+    raise ValueError("log_weights needs a leading sample axis [K, ...], got a scalar.")
+  return jax.nn.logsumexp(log_weights, axis=0) - math.log(log_weights.shape[0])
+
+
+def elbo_terms(
+  key: jax.Array,
+  x: ArrayLike,
+  encode: Encoder,
+  log_likelihood: LogLikelihood,
+  *,
+  num_samples: int = 1,
+  analytic_kl: bool = True,
+  estimator: str = "reparam",
+) -> ElboTerms:
+  """The reconstruction and KL terms of the ELBO, each per example.
+
+  The reconstruction term is a K-sample Monte Carlo average. The KL is
+  analytic, or with analytic_kl=False the K-sample average of
+  log q(z|x) - log p(z) at the same samples.
+
+  Args:
+    key, x, encode, log_likelihood, num_samples: as in log_weights.
+    analytic_kl: closed-form KL to N(0, I), or its Monte Carlo estimate.
+    estimator: "reparam" or "stl" (STL needs analytic_kl=False).
+
+  Returns:
+    ElboTerms of [batch] arrays (kl_per_dimension [batch, latent]).
+  """
+  _check_estimator(estimator, ("reparam", "stl"), "the ELBO")
+  if estimator == "stl" and analytic_kl:
+    raise ValueError(
+      "estimator='stl' needs analytic_kl=False: sticking the landing drops the score "
+      "term of a sampled log q(z|x), and the analytic KL has no such term."
+    )
+  x = jnp.asarray(x)
+  z, mean, logvar = _sample_posterior(key, x, encode, num_samples)
+  reconstruction = jnp.mean(_log_likelihood_over_samples(log_likelihood, x, z), axis=0)
+  kl_per_dimension = distributions.kl_normal_std_per_dimension(mean, logvar)
+  if analytic_kl:
+    kl = jnp.sum(kl_per_dimension, axis=-1)
+  else:
+    if estimator == "stl":
+      mean, logvar = jax.lax.stop_gradient((mean, logvar))
+    kl = -jnp.mean(_log_prior_minus_log_q(z, mean, logvar), axis=0)
+  return ElboTerms(reconstruction, kl, kl_per_dimension)
+
+
+def elbo(
+  key: jax.Array,
+  x: ArrayLike,
+  encode: Encoder,
+  log_likelihood: LogLikelihood,
+  *,
+  num_samples: int = 1,
+  beta: float | jax.Array = 1.0,
+  analytic_kl: bool = True,
+  estimator: str = "reparam",
+  free_bits: float = 0.0,
+) -> jax.Array:
+  """Evidence lower bound E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), per example.
+
+  With beta=1 and free_bits=0 this is the ELBO; otherwise it is the weighted
+  training objective (beta-VAE, Higgins et al. 2017; KL warm-up passes
+  beta = beta * kl_warmup(step, steps), Bowman et al. 2016; Sønderby et al. 2016).
+
+  Args:
+    key, x, encode, log_likelihood, num_samples: as in log_weights.
+    beta: weight of the KL term; may be a traced scalar (a warm-up schedule).
+    analytic_kl: closed-form KL, or its K-sample Monte Carlo estimate.
+    estimator: "reparam" or "stl" (STL needs analytic_kl=False).
+    free_bits: lambda >= 0, a floor on the KL of each latent dimension of
+      each example: the KL term becomes sum_i max(lambda, KL_i) (Kingma et
+      al. 2016 apply the floor to minibatch averages; this per-example form
+      keeps the objective pure and per-example). Needs analytic_kl=True.
+
+  Returns:
+    The objective, [batch].
+
+  References:
+    Kingma & Welling 2013, https://arxiv.org/abs/1312.6114.
+    Roeder et al. 2017 (STL), https://arxiv.org/abs/1703.09194.
+    Kingma et al. 2016 (free bits), https://arxiv.org/abs/1606.04934.
+  """
+  if free_bits < 0:
+    raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}.")
+  if free_bits > 0 and not analytic_kl:
+    raise ValueError(
+      "free_bits needs analytic_kl=True: flooring single-sample KL estimates is biased."
+    )
+  terms = elbo_terms(
+    key,
+    x,
+    encode,
+    log_likelihood,
+    num_samples=num_samples,
+    analytic_kl=analytic_kl,
+    estimator=estimator,
+  )
+  kl = terms.kl
+  if free_bits > 0:
+    kl = jnp.sum(jnp.maximum(terms.kl_per_dimension, free_bits), axis=-1)
+  return terms.reconstruction - beta * kl
+
+
+def _scale_gradient(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """Identity in value; multiplies the gradient flowing back through x by scale."""
+  return jax.lax.stop_gradient(x) + scale * (x - jax.lax.stop_gradient(x))
+
+
+def iwae(
+  key: jax.Array,
+  x: ArrayLike,
+  encode: Encoder,
+  log_likelihood: LogLikelihood,
+  *,
+  num_samples: int,
+  estimator: str = "reparam",
+) -> jax.Array:
+  """Importance-weighted bound logsumexp_k(log w_k) - log K (Burda et al. 2015).
+
+  The value is the IWAE bound for every estimator; the gradient is the one
+  named by `estimator` (see the module docstring). "stl" for the IWAE bound is
+  biased (Tucker et al. 2018); "dreg" is its unbiased, low-variance fix and
+  costs one extra forward pass of log_likelihood.
+
+  Args:
+    key, x, encode, log_likelihood, num_samples: as in log_weights.
+    estimator: "reparam", "stl" or "dreg".
+
+  Returns:
+    The IWAE bound, [batch].
+
+  References:
+    Burda et al. 2015, https://arxiv.org/abs/1509.00519.
+    Tucker et al. 2018 (DReG), https://arxiv.org/abs/1810.04152.
+  """
+  _check_estimator(estimator, ESTIMATORS, "the IWAE bound")
+  x = jnp.asarray(x)
+  z, mean, logvar = _sample_posterior(key, x, encode, num_samples)
+  if estimator in ("stl", "dreg"):
+    # log q(z|x) sees q's parameters as constants: its gradient flows along z only.
+    mean, logvar = jax.lax.stop_gradient((mean, logvar))
+
+  def log_weights_at(z_KxBxZ):
+    return _log_likelihood_over_samples(log_likelihood, x, z_KxBxZ) + _log_prior_minus_log_q(
+      z_KxBxZ, mean, logvar
+    )
+
+  log_w = log_weights_at(z)
+  bound = iwae_bound(log_w)
+  if estimator != "dreg":
+    return bound
+  # DReG surrogate sum_k w_k log w_k(z'_k), where z' equals z but passes back
+  # w_k times its gradient: the sample path gets w_k^2, the decoder w_k.
+  weights = jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=0))
+  surrogate = jnp.sum(weights * log_weights_at(_scale_gradient(z, weights[..., None])), axis=0)
+  # The value of the bound with the gradient of the surrogate; (s - s) is an exact zero.
+  return jax.lax.stop_gradient(bound) + (surrogate - jax.lax.stop_gradient(surrogate))
+
+
+class LogLikelihoodEstimate(NamedTuple):
+  """Importance-sampled log p(x) and its Monte Carlo standard error, per example."""
+
+  log_px: jax.Array
+  standard_error: jax.Array
+
+
+def importance_log_likelihood(
+  key: jax.Array,
+  x: ArrayLike,
+  encode: Encoder,
+  log_likelihood: LogLikelihood,
+  *,
+  num_samples: int,
+  chunk_size: int,
+  return_standard_error: bool = False,
+) -> jax.Array | LogLikelihoodEstimate:
+  """Importance-sampled estimate of log p(x) with q(z|x) as proposal.
+
+  log p(x) ~= logsumexp_k(log w_k) - log K, the IWAE bound with K = num_samples
+  (5,000 is the standard in papers). The K samples are drawn chunk_size at a
+  time in a lax.scan with a streaming logsumexp, so memory is
+  O(chunk_size * batch) whatever K is. Chunk i uses fold_in(key, i): the
+  estimate depends on chunk_size through the random stream only.
+
+  Args:
+    key, x, encode, log_likelihood: as in log_weights.
+    num_samples: K, the total number of importance samples.
+    chunk_size: samples drawn per step; the last chunk may be smaller.
+    return_standard_error: also return the delta-method standard error of
+      the estimate, sqrt((mean(w^2) / mean(w)^2 - 1) / (K - 1)).
+
+  Returns:
+    log p(x), [batch]; or a LogLikelihoodEstimate of two [batch] arrays.
+  """
+  distributions.check_num_samples(num_samples)
+  distributions.check_num_samples(chunk_size, "chunk_size")
+  x = jnp.asarray(x)
+  chunk_size = min(chunk_size, num_samples)
+  num_full_chunks, remainder = divmod(num_samples, chunk_size)
+  # Accumulate in the default float type (float32, or float64 under x64),
+  # whatever precision the model computes in.
+  accumulator_dtype = jnp.result_type(float)
+
+  def chunk_sums(index, size):
+    log_w = log_weights(jax.random.fold_in(key, index), x, encode, log_likelihood, size)
+    log_w = log_w.astype(accumulator_dtype)
+    return jax.nn.logsumexp(log_w, axis=0), jax.nn.logsumexp(2.0 * log_w, axis=0)
+
+  def step(carry, index):
+    return jax.tree.map(jnp.logaddexp, carry, chunk_sums(index, chunk_size)), None
+
+  # Carries log sum_k w_k and log sum_k w_k^2: first the full chunks, then the rest.
+  empty = jnp.full((x.shape[0],), -jnp.inf, accumulator_dtype)
+  (log_sum_w, log_sum_w2), _ = jax.lax.scan(step, (empty, empty), jnp.arange(num_full_chunks))
+  if remainder:
+    rest = chunk_sums(num_full_chunks, remainder)
+    log_sum_w, log_sum_w2 = jnp.logaddexp(log_sum_w, rest[0]), jnp.logaddexp(log_sum_w2, rest[1])
+  log_k = math.log(num_samples)
+  log_px = log_sum_w - log_k
+  if not return_standard_error:
+    return log_px
+  # mean(w^2) / mean(w)^2 - 1 >= 0, computed in log space with expm1.
+  excess = jnp.maximum(jnp.expm1(log_sum_w2 + log_k - 2.0 * log_sum_w), 0.0)
+  standard_error = jnp.sqrt(excess / max(num_samples - 1, 1))
+  return LogLikelihoodEstimate(log_px, standard_error)
+
+
+def kl_warmup(step: ArrayLike, warmup_steps: int) -> jax.Array:
+  """Linear KL warm-up weight min(1, step / warmup_steps); 1 when warmup_steps is 0.
+
+  Multiply beta by it (Bowman et al. 2016; Sønderby et al. 2016).
+  """
+  if warmup_steps <= 0:
+    return jnp.ones((), jnp.float32)
+  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
