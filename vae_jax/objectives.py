@@ -248,6 +248,13 @@ def elbo(
     analytic_kl=analytic_kl,
     estimator=estimator,
   )
+  return weighted_elbo(terms, beta=beta, free_bits=free_bits)
+
+
+def weighted_elbo(
+  terms: ElboTerms, *, beta: float | jax.Array = 1.0, free_bits: float = 0.0
+) -> jax.Array:
+  """reconstruction - beta * KL from ElboTerms, with the free-bits floor; see elbo."""
   kl = terms.kl
   if free_bits > 0:
     kl = jnp.sum(jnp.maximum(terms.kl_per_dimension, free_bits), axis=-1)

