@@ -86,6 +86,8 @@ def _log_likelihood_over_samples(
       )
     return out
 
+  if z_KxBxZ.shape[0] == 1:  # a vmap of size 1 only slows XLA's CPU matmuls down
+    return one_sample(z_KxBxZ[0])[None]
   return jax.vmap(one_sample)(z_KxBxZ)
 
 
