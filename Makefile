@@ -2,7 +2,9 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test lint
+WORKDIR ?= workdirs/default
+
+.PHONY: test train bench lint
 
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,5 +15,11 @@ $(VENV)/installed: pyproject.toml
 test: $(VENV)/installed
 	$(PYTHON) -m pytest -q
 
+train: $(VENV)/installed
+	$(PYTHON) -m experiments.train --config=experiments/configs/default.py --workdir=$(WORKDIR)
+
+bench: $(VENV)/installed
+	$(PYTHON) scripts/bench.py
+
 lint: $(VENV)/installed
-	$(VENV)/bin/ruff check vae_jax tests
+	$(VENV)/bin/ruff check vae_jax tests experiments scripts

@@ -281,9 +281,9 @@ class VAE(nnx.Module):
 
   def _check_images(self, x):
     if x.shape[1:] != self.image_shape:
+      expected = ", ".join(map(str, self.image_shape))
       raise ValueError(
-        f"x must have shape [batch, *image_shape] = [batch, {', '.join(map(str, self.image_shape))}], "
-        f"got {x.shape}."
+        f"x must have shape [batch, *image_shape] = [batch, {expected}], got {x.shape}."
       )
 
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -67,7 +67,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   estimators = ("reparam", "stl") if config.objective == "elbo" else objectives.ESTIMATORS
   check(
     config.estimator in estimators,
-    f"estimator={config.estimator!r} with objective={config.objective!r}; choose one of {estimators}.",
+    f"estimator={config.estimator!r} with objective={config.objective!r}; "
+    f"choose one of {estimators}.",
   )
   check(
     not (config.objective == "elbo" and config.estimator == "stl" and config.analytic_kl),
@@ -179,7 +180,8 @@ class Experiment:
     self.steps_per_call = config.steps_per_call or self.steps_per_epoch
     if self.steps_per_epoch % self.steps_per_call:
       raise ValueError(
-        f"steps_per_call={config.steps_per_call} must divide the {self.steps_per_epoch} steps of an epoch."
+        f"steps_per_call={config.steps_per_call} must divide the "
+        f"{self.steps_per_epoch} steps of an epoch."
       )
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.warmup_steps = config.kl_warmup_epochs * self.steps_per_epoch
@@ -486,8 +488,8 @@ def train_and_evaluate(
           writer.write(step, record)
           eta = np.median(seconds_per_epoch) * (config.num_epochs - epoch)
           logging.info(
-            "epoch %d/%d step %d | train objective %.2f | test elbo %.2f (reconstruction %.2f, kl %.2f)"
-            " | %.0f img/s | ETA %s",
+            "epoch %d/%d step %d | train objective %.2f | test elbo %.2f"
+            " (reconstruction %.2f, kl %.2f) | %.0f img/s | ETA %s",
             epoch,
             config.num_epochs,
             step,
