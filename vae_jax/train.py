@@ -196,6 +196,8 @@ class Experiment:
     # checkpoint (which orbax commits) hits the same compiled step as a fresh one.
     self.sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+    self.evaluate = jax.jit(self._evaluate)
+    self.log_likelihood = jax.jit(self._log_likelihood)
 
   def map_seeds(self, fn, *args):
     """fn over the leading seed axis of args: jax.vmap, or a plain call for one seed.
@@ -313,7 +315,7 @@ class Experiment:
 
   # --- Evaluation --------------------------------------------------------------------
 
-  def evaluate(self, params, test_x, test_labels) -> dict[str, jax.Array]:
+  def _evaluate(self, params, test_x, test_labels) -> dict[str, jax.Array]:
     """Per-seed test ELBO, reconstruction and KL (one sample, analytic KL): each [seeds]."""
 
     def one_seed(params):
@@ -332,7 +334,7 @@ class Experiment:
 
     return self.map_seeds(one_seed, params)
 
-  def log_likelihood(self, params, test_x, test_labels) -> dict[str, jax.Array]:
+  def _log_likelihood(self, params, test_x, test_labels) -> dict[str, jax.Array]:
     """Per-seed importance-sampled test log-likelihood and its standard error over examples."""
 
     def one_seed(params):
@@ -447,7 +449,6 @@ def train_and_evaluate(
       dataset, binarization=config.binarization, integer_data=experiment.integer_data
     )
   )
-  evaluate = jax.jit(experiment.evaluate)
 
   writer = metrics.MetricWriter(workdir)
   step = int(jax.device_get(state["step"][0]))
@@ -478,7 +479,9 @@ def train_and_evaluate(
           }
           test = {
             f"test/{k}": v
-            for k, v in jax.device_get(evaluate(state["params"], test_x, test_labels)).items()
+            for k, v in jax.device_get(
+              experiment.evaluate(state["params"], test_x, test_labels)
+            ).items()
           }
           record = _mean_over_seeds({**train, **test})
           record["epoch"] = epoch
@@ -527,10 +530,8 @@ def _final_evaluation(experiment: Experiment, state, test_x, test_labels, workdi
   """Test ELBO and importance-sampled log-likelihood, pictures, summary.json."""
   config = experiment.config
   start = time.perf_counter()
-  results = jax.device_get(jax.jit(experiment.evaluate)(state["params"], test_x, test_labels))
-  results.update(
-    jax.device_get(jax.jit(experiment.log_likelihood)(state["params"], test_x, test_labels))
-  )
+  results = jax.device_get(experiment.evaluate(state["params"], test_x, test_labels))
+  results.update(jax.device_get(experiment.log_likelihood(state["params"], test_x, test_labels)))
   evaluation_seconds = time.perf_counter() - start
   first_seed = jax.tree.map(lambda a: a[0], state["params"])
   _save_pictures(experiment, experiment.model(first_seed), test_x, test_labels, workdir)
