@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/default
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test,dev]'
+	$(PYTHON) -m pip install --quiet -e '.[test,dev,prepare]'
 	touch $@
 
 test: $(VENV)/installed

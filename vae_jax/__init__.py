@@ -10,6 +10,7 @@ from vae_jax.distributions import (
   log_discretized_logistic,
   log_discretized_logistic_mixture,
   log_normal,
+  log_normal_per_dimension,
   reparameterize,
 )
 from vae_jax.objectives import (
@@ -18,6 +19,7 @@ from vae_jax.objectives import (
   elbo,
   elbo_terms,
   importance_log_likelihood,
+  importance_log_likelihood_from_log_weights,
   iwae,
   iwae_bound,
   kl_warmup,

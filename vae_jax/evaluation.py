@@ -5,7 +5,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from vae_jax import objectives
+from vae_jax import models, objectives
 
 
 def map_batches(fn: Callable, arrays: tuple, batch_size: int) -> jax.Array:
@@ -28,11 +28,16 @@ def map_batches(fn: Callable, arrays: tuple, batch_size: int) -> jax.Array:
 
 
 def test_elbo_terms(model, x, labels, key, *, batch_size: int) -> objectives.ElboTerms:
-  """Per-example ELBO terms (one sample, analytic KL) over a whole test set."""
+  """Per-example ELBO terms over a test set: one sample, the analytic KL where there is one."""
+  analytic_kl = not isinstance(model, models.TwoStochasticLayerVAE)
 
   def one_batch(x, labels, index):
-    encode, log_likelihood = model.callables(labels if model.num_classes else None)
-    return objectives.elbo_terms(jax.random.fold_in(key, index[0]), x, encode, log_likelihood)
+    return model.elbo_terms(
+      jax.random.fold_in(key, index[0]),
+      x,
+      labels if model.num_classes else None,
+      analytic_kl=analytic_kl,
+    )
 
   return map_batches(one_batch, (x, labels, jnp.arange(x.shape[0])), batch_size)
 
@@ -43,12 +48,10 @@ def test_log_likelihood(
   """Per-example importance-sampled log p(x) (and its standard error) over a test set."""
 
   def one_batch(x, labels, index):
-    encode, log_likelihood = model.callables(labels if model.num_classes else None)
-    return objectives.importance_log_likelihood(
+    labels = labels if model.num_classes else None
+    return objectives.importance_log_likelihood_from_log_weights(
+      lambda key, size: model.log_weights(key, x, size, labels),
       jax.random.fold_in(key, index[0]),
-      x,
-      encode,
-      log_likelihood,
       num_samples=num_samples,
       chunk_size=chunk_size,
       return_standard_error=True,

