@@ -19,7 +19,12 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any) -> None:
-    """Saves synchronously, so a run that dies right after keeps this checkpoint."""
+    """Saves synchronously, so a run that dies right after keeps this checkpoint.
+
+    A step that is already saved is kept as it is (the state of a step is unique).
+    """
+    if step in self.manager.all_steps():
+      return
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self.manager.wait_until_finished()
 
