@@ -106,7 +106,9 @@ class DiscretizedLogisticMixture(nnx.Module):
 
   def _split(self, out_BxDxP):
     logits, means, log_scales = jnp.split(out_BxDxP, 3, axis=-1)
-    return logits, jnp.tanh(means), log_scales
+    # A floor on the scale, as in PixelCNN++: a bin is 2/255 wide, and scales far below
+    # it only sharpen a mass that is already ~1 while their gradients overflow.
+    return logits, jnp.tanh(means), jnp.maximum(log_scales, -7.0)
 
   def log_prob(self, x_BxD: jax.Array, out_BxDxP: jax.Array) -> jax.Array:
     return distributions.log_discretized_logistic_mixture(x_BxD, *self._split(out_BxDxP))
