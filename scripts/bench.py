@@ -1,7 +1,8 @@
-"""Training throughput of vae_jax's loop against a minimal JAX loop and the matmul roofline.
+"""Throughput of vae_jax's training loop and evaluation against hand-written baselines.
 
-  python scripts/bench.py            # K=1 (ELBO) and K=50 (IWAE)
+  python scripts/bench.py                  # training: K=1 (ELBO) and K=50 (IWAE)
   python scripts/bench.py --ks=1 --rounds=3
+  python scripts/bench.py --mode=eval      # IS-5000 log-likelihood of 10,000 test images
 
 Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
 Bernoulli), batch 100, Adam, dynamic binarization, on the embedded 4,000
@@ -15,6 +16,15 @@ machine affects both alike, it times:
 It prints images/s, the ratio library / baseline, and achieved GFLOP/s
 (multiply-adds of the dense layers, x2 for FLOPs, x3 for forward + backward)
 as a fraction of the roofline.
+
+--mode=eval times the importance-sampled log-likelihood (K=5,000) of 10,000
+test images through vae_jax.evaluation (the default config's batches and
+chunks, lax.map, split over all devices), and in the same run the same
+estimate written as a per-example Python loop over images and chunks of 500
+samples, the way pythae's get_nll does it, on --loop_images images (its rate
+is per evaluation, so it extrapolates).
+The model is the same architecture untrained: the cost does not depend on the
+weights. The images are the embedded test digits, tiled to 10,000.
 """
 
 import time
@@ -25,11 +35,16 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from vae_jax import data, train
+import vae_jax
+from vae_jax import data, evaluation, train
 
 _KS = flags.DEFINE_list("ks", ["1", "50"], "Numbers of samples K to measure (1: ELBO, >1: IWAE).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; medians are reported.")
 _EPOCHS_PER_ROUND = flags.DEFINE_integer("epochs_per_round", 3, "Epochs timed per round (K=1).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to time.")
+_EVAL_IMAGES = flags.DEFINE_integer("eval_images", 10_000, "Test images for --mode=eval.")
+_LOOP_IMAGES = flags.DEFINE_integer("loop_images", 20, "Images the per-example loop times.")
+_EVAL_SAMPLES, _EVAL_CHUNK = 5000, 500
 
 HIDDEN, LATENT, PIXELS, BATCH = (200, 200), 50, 784, 100
 
@@ -111,11 +126,74 @@ def baseline_epoch_fn(k: int, num_train: int):
   return jax.jit(epoch, donate_argnums=0), (params, tx.init(params))
 
 
+def bench_evaluation(dataset) -> None:
+  """IS-5000 over a test set: vae_jax.evaluation against a per-example loop."""
+  config = train.build_config()
+  experiment = train.Experiment(config, dataset)
+  params = jax.tree.map(lambda a: a[0], experiment.initial_state()["params"])
+  model = experiment.model(params)
+  reps = -(-_EVAL_IMAGES.value // len(dataset.test_images))
+  images = np.concatenate([dataset.test_images] * reps)[: _EVAL_IMAGES.value]
+  x = data.split_inputs(images, binarization="dynamic", integer_data=False)
+  labels = jnp.zeros(len(images), jnp.int32)
+
+  library = jax.jit(
+    lambda x, labels: evaluation.evaluate_examples_on_devices(
+      model,
+      x,
+      labels,
+      jax.random.key(0),
+      batch_size=config.eval_batch_size,
+      num_samples=_EVAL_SAMPLES,
+      chunk_size=config.eval_chunk_size,
+      iwae_samples=(),
+    )["log_likelihood"]
+  )
+  start = time.perf_counter()
+  library(x[:1000], labels[:1000]).block_until_ready()  # compile (and warm up) on 1,000
+  compile_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  library(x, labels).block_until_ready()
+  library_seconds = time.perf_counter() - start
+
+  # pythae's way: for each image, for each chunk, one jitted call on the repeated image.
+  encode, log_likelihood = model.callables()
+  chunk_log_w = jax.jit(
+    lambda x_one, key: vae_jax.log_weights(key, x_one, encode, log_likelihood, _EVAL_CHUNK)
+  )
+  chunk_log_w(x[:1], jax.random.key(0)).block_until_ready()
+  start = time.perf_counter()
+  for i in range(_LOOP_IMAGES.value):
+    log_w = [
+      np.asarray(chunk_log_w(x[i : i + 1], jax.random.key(c)))
+      for c in range(_EVAL_SAMPLES // _EVAL_CHUNK)
+    ]
+    host_logsumexp(np.concatenate(log_w)[:, 0])
+  loop_seconds = (time.perf_counter() - start) / _LOOP_IMAGES.value * len(images)
+
+  evaluations = len(images) * _EVAL_SAMPLES
+  print(
+    f"IS-{_EVAL_SAMPLES} of {len(images)} images, Burda 1-layer, {jax.device_count()} device(s):"
+    f" vae_jax {library_seconds:.0f} s ({evaluations / library_seconds:,.0f} image x sample/s;"
+    f" compile + 1,000-image warm-up {compile_seconds:.0f} s) | per-example loop"
+    f" {loop_seconds:.0f} s extrapolated from {_LOOP_IMAGES.value} images"
+    f" ({evaluations / loop_seconds:,.0f}/s) | speed-up {loop_seconds / library_seconds:.1f}x"
+  )
+
+
+def host_logsumexp(values: np.ndarray) -> float:
+  top = values.max()
+  return float(top + np.log(np.exp(values - top).sum()))
+
+
 def main(argv):
   del argv
   dataset = data.load_mnist_5k()
-  num_train = dataset.train_images.shape[0]
   print(f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
+  if _MODE.value == "eval":
+    bench_evaluation(dataset)
+    return
+  num_train = dataset.train_images.shape[0]
   print(f"fp32 matmul roofline (2048x2048): {matmul_gflops():.0f} GFLOP/s")
   for k in map(int, _KS.value):
     config = train.build_config(

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import linear_models
 import numpy as np
 import pytest
 from flax import nnx
@@ -106,42 +107,9 @@ def test_burda_two_stochastic_layer_parameter_count_and_shapes():
     vae.elbo_terms(jax.random.key(1), x, analytic_kl=True)
 
 
-def _linear_two_layer_model():
-  """A TwoStochasticLayerVAE whose every conditional is linear-Gaussian, so log p(x) is exact.
-
-  h2 ~ N(0, I), h1 | h2 ~ N(A h2 + a, diag(exp(s))), x | h1 ~ N(B h1 + b, I);
-  the encoder is an arbitrary (linear) proposal.
-  """
-  vae = models.TwoStochasticLayerVAE(
-    image_shape=(2, 3, 1),
-    latent_dim=3,
-    top_latent_dim=2,
-    hidden=(),
-    top_hidden=(),
-    likelihood="gaussian",
-    gaussian_logvar=0.0,
-    rngs=nnx.Rngs(0),
-  )
-  rng = np.random.default_rng(0)
-  a_matrix, a_bias, s = rng.normal(size=(2, 3)), rng.normal(size=3), 0.3 * rng.normal(size=3)
-  b_matrix, b_bias = rng.normal(size=(3, 6)), rng.normal(size=6)
-  p_h1 = vae.p_h1.layers[0]
-  p_h1.kernel[...] = jnp.asarray(np.concatenate([a_matrix, np.zeros((2, 3))], 1), jnp.float32)
-  p_h1.bias[...] = jnp.asarray(np.concatenate([a_bias, s]), jnp.float32)
-  vae.p_x.layers[0].kernel[...] = jnp.asarray(b_matrix, jnp.float32)
-  vae.p_x.layers[0].bias[...] = jnp.asarray(b_bias, jnp.float32)
-  # Broad proposals: unit variances around a rough linear guess.
-  for layer in (vae.q_h1.layers[0], vae.q_h2.layers[0]):
-    layer.kernel[...] = 0.1 * layer.kernel[...]
-  cov_h1 = a_matrix.T @ a_matrix + np.diag(np.exp(s))
-  cov_x = b_matrix.T @ cov_h1 @ b_matrix + np.eye(6)
-  mean_x = a_bias @ b_matrix + b_bias
-  return vae, mean_x, cov_x
-
-
 def test_two_stochastic_layers_importance_sampling_recovers_exact_log_likelihood():
   scipy_stats = pytest.importorskip("scipy.stats")
-  vae, mean_x, cov_x = _linear_two_layer_model()
+  vae, mean_x, cov_x = linear_models.two_layer_linear_gaussian()
   x_flat = np.random.default_rng(1).multivariate_normal(mean_x, cov_x, size=16)
   exact = scipy_stats.multivariate_normal(mean_x, cov_x).logpdf(x_flat)
   x = jnp.asarray(x_flat.reshape(16, 2, 3, 1), jnp.float32)

@@ -1,0 +1,132 @@
+"""Evaluates a trained workdir: python -m experiments.evaluate --workdir=DIR.
+
+Loads DIR's config.json and latest checkpoint and writes DIR/eval.json and
+DIR/eval.md: the test ELBO, IWAE bounds for K in --iwae_samples, the
+importance-sampled log-likelihood with --num_samples samples (each with its
+standard error over test examples), bits/dim for 8-bit data, active units, KL
+per latent dimension, the binarization and the command; and the pictures
+(samples, reconstructions, interpolations, latent scatter, 2-D manifold,
+training curves) as PNGs in DIR.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+
+from vae_jax import checkpoints, data, train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+_NUM_SAMPLES = flags.DEFINE_integer(
+  "num_samples", None, "Importance samples for log p(x) (default: the config's, 5,000)."
+)
+_IWAE_SAMPLES = flags.DEFINE_list("iwae_samples", None, "IWAE bounds' K (default: 1,5,50).")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "valid"], "The split to evaluate.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the config's TFDS data_dir.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Override the config's manual_dir.")
+flags.mark_flag_as_required("workdir")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise app.UsageError(f"{workdir} has no config.json: is it a workdir of experiments.train?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def markdown(report: dict, split: str) -> str:
+  """eval.md: one table of the numbers with their standard errors, then the settings."""
+  lines = [f"# Evaluation of {report['dataset']} ({split} split)", "", "| metric | value |"]
+  lines.append("|---|---|")
+  for name, value in report.items():
+    if not name.startswith(f"{split}_") or name.endswith("_stderr") or isinstance(value, list):
+      continue
+    stderr = report.get(f"{name}_stderr")
+    shown = f"{value:.3f} ± {stderr:.3f}" if stderr is not None else f"{value:.4g}"
+    lines.append(f"| {name[len(split) + 1 :]} | {shown} |")
+  kl = report[f"{split}_kl_per_dimension"]
+  if kl and isinstance(kl[0], list):
+    kl = kl[0]  # several seeds: the first
+  lines += [
+    "",
+    "± is the standard error over examples. KL per latent dimension (nats): "
+    + ", ".join(f"{v:.2f}" for v in kl),
+    "",
+  ]
+  for name in (
+    "binarization",
+    "binarization_seed",
+    "iwae_samples",
+    "log_likelihood_num_samples",
+    "num_seeds",
+    "steps",
+    "device",
+    "evaluation_seconds",
+    "command",
+  ):
+    lines.append(f"- {name}: {report.get(name)}")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  workdir = _WORKDIR.value
+  config = load_config(workdir)
+  if _NUM_SAMPLES.value is not None:
+    config.eval_num_samples = _NUM_SAMPLES.value
+  if _IWAE_SAMPLES.value is not None:
+    config.eval_iwae_samples = [int(k) for k in _IWAE_SAMPLES.value]
+  for name, flag in (("data_dir", _DATA_DIR), ("manual_dir", _MANUAL_DIR)):
+    if flag.value is not None:
+      config[name] = flag.value
+  train.validate_config(config)
+  dataset = data.load(
+    config.dataset,
+    data_dir=config.data_dir,
+    manual_dir=config.manual_dir,
+    validation_size=config.validation_size,
+  )
+  experiment = train.Experiment(config, dataset)
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
+  if checkpointer.latest_step() is None:
+    raise app.UsageError(f"{workdir} has no checkpoint to evaluate.")
+  state = experiment.place(checkpointer.restore(experiment.abstract_state()))
+  checkpointer.close()
+  images, labels = {
+    "test": (dataset.test_images, dataset.test_labels),
+    "valid": (dataset.validation_images, dataset.validation_labels),
+  }[_SPLIT.value]
+  if not len(images):
+    raise app.UsageError(f"{config.dataset} has no {_SPLIT.value} split in this config.")
+  x, labels = experiment.place(
+    (
+      data.split_inputs(
+        images, binarization=config.binarization, integer_data=experiment.integer_data
+      ),
+      labels,
+    )
+  )
+  command = shlex.join(["python", "-m", "experiments.evaluate", *sys.argv[1:]])
+  report = train.evaluation_report(
+    experiment, state["params"], x, labels, split=_SPLIT.value, command=command
+  )
+  report["steps"] = int(state["step"][0])
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(workdir, "eval.md"), "w") as f:
+    f.write(markdown(report, _SPLIT.value))
+  first_seed = experiment.model(jax.tree.map(lambda a: a[0], state["params"]))
+  pictures = train.save_pictures(experiment, first_seed, x, labels, workdir)
+  print(markdown(report, _SPLIT.value))
+  print("Pictures:", ", ".join(pictures))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,237 @@
+"""Tests for vae_jax.evaluation, vae_jax.plots and experiments/evaluate.py."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import linear_models
+import numpy as np
+import pytest
+from flax import nnx
+
+from vae_jax import evaluation, models, plots
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_evaluation_reports_the_exact_log_likelihood_within_its_standard_error():
+  scipy_stats = pytest.importorskip("scipy.stats")
+  vae, mean_x, cov_x = linear_models.two_layer_linear_gaussian()
+  x_flat = np.random.default_rng(2).multivariate_normal(mean_x, cov_x, size=24)
+  exact = scipy_stats.multivariate_normal(mean_x, cov_x).logpdf(x_flat)
+  x = jnp.asarray(x_flat.reshape(24, 2, 3, 1), jnp.float32)
+  labels = jnp.zeros(24, jnp.int32)
+  examples = jax.device_get(
+    jax.jit(
+      lambda x, labels: evaluation.evaluate_examples(
+        vae, x, labels, jax.random.key(0), batch_size=10, num_samples=5000, chunk_size=1000
+      )
+    )(x, labels)
+  )
+  # Per example: within 5 Monte Carlo standard errors of the truth.
+  error = examples["log_likelihood"] - exact
+  assert np.all(np.abs(error) < 5 * examples["log_likelihood_mc_stderr"] + 1e-3), error
+  summary = evaluation.summarize(examples, num_pixels=6, bits_per_dim=False)
+  # The reported mean: within its standard error (over examples) of the exact mean.
+  assert abs(summary["log_likelihood"] - exact.mean()) < summary["log_likelihood_stderr"]
+  # The bounds climb towards it with K and stay below it.
+  assert summary["iwae_1"] < summary["iwae_5"] < summary["iwae_50"] < exact.mean() + 0.01
+  assert summary["num_examples"] == 24 and len(summary["kl_per_dimension"]) == 5
+
+
+def test_active_units_counts_the_dimensions_that_vary_with_x():
+  vae = models.VAE(
+    image_shape=(4, 4, 1), latent_dim=6, hidden=(), likelihood="bernoulli", rngs=nnx.Rngs(0)
+  )
+  layer = vae.encoder.layers[0]  # x -> (mean, logvar), one linear layer
+  kernel = np.array(layer.kernel[...])
+  kernel[:, [0, 2, 5]] = 0.0  # these means are the bias, whatever x is: dead units
+  kernel[:, [1, 3, 4]] *= 10.0
+  layer.kernel[...] = jnp.asarray(kernel)
+  x = (jax.random.uniform(jax.random.key(0), (200, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  examples = jax.device_get(
+    evaluation.evaluate_examples(
+      vae,
+      x,
+      jnp.zeros(200, jnp.int32),
+      jax.random.key(1),
+      batch_size=50,
+      num_samples=10,
+      chunk_size=10,
+      iwae_samples=(2,),
+    )
+  )
+  summary = evaluation.summarize(examples, num_pixels=16, bits_per_dim=True)
+  assert summary["active_units"] == 3
+  activity = np.asarray(summary["latent_activity"])
+  assert np.all(activity[[0, 2, 5]] < 1e-10) and np.all(activity[[1, 3, 4]] > 0.01)
+  # Bits/dim: -nats / (pixels * ln 2).
+  np.testing.assert_allclose(
+    summary["log_likelihood_bits_per_dim"], -summary["log_likelihood"] / (16 * np.log(2))
+  )
+
+
+@pytest.fixture(scope="module")
+def small_models():
+  plain = models.VAE(image_shape=(28, 28, 1), latent_dim=2, hidden=(16,), rngs=nnx.Rngs(0))
+  conditional = models.VAE(
+    image_shape=(28, 28, 1), latent_dim=3, hidden=(16,), num_classes=10, rngs=nnx.Rngs(0)
+  )
+  x = (jax.random.uniform(jax.random.key(0), (16, 28, 28, 1)) > 0.5).astype(jnp.float32)
+  return plain, conditional, x
+
+
+def _check_picture(picture, height, width, channels=1):
+  assert picture.dtype == np.uint8 and picture.shape == (height, width, channels)
+  assert picture.std() > 0  # not blank
+
+
+def test_picture_functions(small_models):
+  plain, conditional, x = small_models
+  labels = jnp.arange(16) % 10
+  _check_picture(plots.prior_samples(plain, jax.random.key(0), rows=3, columns=4), 88, 117)
+  rows = plots.prior_samples(
+    conditional, jax.random.key(0), rows=10, columns=2, labels=jnp.repeat(jnp.arange(10), 2)
+  )
+  _check_picture(rows, 291, 59)
+  _check_picture(plots.reconstructions(plain, x, x, columns=8), 117, 233)
+  _check_picture(plots.reconstructions(conditional, x, x, labels, columns=8), 117, 233)
+  _check_picture(plots.latent_manifold(plain, size=5), 146, 146)
+  with pytest.raises(ValueError, match="2-D latent"):
+    plots.latent_manifold(conditional)
+  _check_picture(plots.interpolations(plain, x[:3], x[3:6], steps=7), 88, 204)
+  for means in (
+    np.random.default_rng(0).normal(size=(50, 2)),
+    np.ones((50, 5)) * np.arange(50)[:, None],
+  ):
+    scatter = plots.latent_scatter(means, np.arange(50) % 10)
+    assert scatter.dtype == np.uint8 and scatter.ndim == 3 and scatter.shape[-1] == 3
+  records = [{"epoch": e, "train/objective": -200 + e, "test/elbo": -210 + e} for e in (1, 2, 3)]
+  curves = plots.training_curves(records)
+  assert curves.dtype == np.uint8 and curves.shape[-1] == 3 and curves.std() > 0
+
+
+def test_manifold_walks_the_gaussian_quantiles(small_models):
+  """The grid's corners decode the extreme quantiles: top-left is (low z1, high z2)."""
+  plain, _, _ = small_models
+  calls = []
+
+  class Recorder:
+    latent_dim = 2
+
+    def decode_mean(self, z, labels=None):
+      calls.append(np.asarray(z))
+      return jnp.zeros((z.shape[0], 2, 2, 1)) + 0.5
+
+  plots.latent_manifold(Recorder(), size=4)
+  z = calls[0].reshape(4, 4, 2)
+  quantile = float(jax.scipy.special.ndtri(0.875))
+  np.testing.assert_allclose(z[0, 0], [-quantile, quantile], rtol=1e-5)
+  np.testing.assert_allclose(z[-1, -1], [quantile, -quantile], rtol=1e-5)
+
+
+EIGHT_DEVICES = textwrap.dedent(
+  """
+  import os
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  import jax, jax.numpy as jnp, numpy as np
+  from flax import nnx
+  from vae_jax import evaluation, models
+  assert jax.device_count() == 8
+  vae = models.VAE(image_shape=(28, 28, 1), latent_dim=3, hidden=(16,), rngs=nnx.Rngs(0))
+  x = (jax.random.uniform(jax.random.key(0), (100, 28, 28, 1)) > 0.5).astype(jnp.float32)
+  labels = jnp.zeros(100, jnp.int32)
+  kwargs = dict(batch_size=5, num_samples=60, chunk_size=20)
+  def run(devices):
+    fn = lambda x, labels: evaluation.evaluate_examples_on_devices(
+        vae, x, labels, jax.random.key(3), devices=devices, **kwargs)
+    return jax.device_get(jax.jit(fn)(x, labels))
+  one, eight = run(jax.devices()[:1]), run(jax.devices())
+  for name in one:
+    np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, atol=1e-5, err_msg=name)
+  print("same on 8 devices", sorted(one))
+  """
+)
+
+
+def test_evaluation_over_eight_devices_equals_one_device():
+  result = subprocess.run(
+    [sys.executable, "-c", EIGHT_DEVICES], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "same on 8 devices" in result.stdout
+
+
+def test_evaluate_entry_point_writes_every_field(tmp_path):
+  workdir = str(tmp_path / "run")
+  trained = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      "--config=experiments/configs/smoke.py",
+      f"--workdir={workdir}",
+      "--config.latent_dim=2",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.evaluate",
+      f"--workdir={workdir}",
+      "--num_samples=40",
+      "--iwae_samples=1,5",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.load(open(os.path.join(workdir, "eval.json")))
+  for field in (
+    "test_elbo",
+    "test_elbo_stderr",
+    "test_iwae_1",
+    "test_iwae_5",
+    "test_iwae_5_stderr",
+    "test_log_likelihood",
+    "test_log_likelihood_stderr",
+    "test_log_likelihood_mc_stderr",
+    "test_active_units",
+    "test_kl_per_dimension",
+    "test_latent_activity",
+    "binarization",
+    "binarization_seed",
+    "log_likelihood_num_samples",
+    "iwae_samples",
+    "command",
+    "steps",
+  ):
+    assert field in report, field
+  assert report["log_likelihood_num_samples"] == 40 and report["iwae_samples"] == [1, 5]
+  assert len(report["test_kl_per_dimension"]) == 2
+  assert report["test_elbo"] <= report["test_iwae_5"] + 1.0 <= report["test_log_likelihood"] + 2.0
+  assert "| log_likelihood |" in open(os.path.join(workdir, "eval.md")).read()
+  for name in (
+    "samples",
+    "reconstructions",
+    "interpolations",
+    "latent_scatter",
+    "manifold",
+    "training_curves",
+  ):
+    assert os.path.getsize(os.path.join(workdir, f"{name}.png")) > 0, name
+  # The training run's summary carries the same evaluation.
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert "test_iwae_50" in summary and "test_active_units" in summary
