@@ -44,11 +44,15 @@ class MLP(nnx.Module):
     out_features: int,
     *,
     activation: str,
+    dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
     sizes = [in_features, *hidden, out_features]
     self.layers = nnx.List(
-      [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+      [
+        nnx.Linear(a, b, dtype=dtype, preferred_element_type=jnp.float32, rngs=rngs)
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+      ]
     )
     self.activation = _activation(activation)
 
@@ -163,13 +167,16 @@ def make_likelihood(
 class ConvEncoder(nnx.Module):
   """Two stride-2 3x3 convolutions and a dense layer: 28x28 or 32x32 images -> features."""
 
-  def __init__(self, image_shape, channels, hidden, out_features, *, activation, rngs):
+  def __init__(self, image_shape, channels, hidden, out_features, *, activation, dtype, rngs):
     height, width, in_channels = image_shape
     c1, c2 = channels
-    self.conv1 = nnx.Conv(in_channels, c1, (3, 3), strides=2, padding="SAME", rngs=rngs)
-    self.conv2 = nnx.Conv(c1, c2, (3, 3), strides=2, padding="SAME", rngs=rngs)
+    conv = dict(
+      strides=2, padding="SAME", dtype=dtype, preferred_element_type=jnp.float32, rngs=rngs
+    )
+    self.conv1 = nnx.Conv(in_channels, c1, (3, 3), **conv)
+    self.conv2 = nnx.Conv(c1, c2, (3, 3), **conv)
     flat = math.ceil(height / 4) * math.ceil(width / 4) * c2
-    self.mlp = MLP(flat, hidden, out_features, activation=activation, rngs=rngs)
+    self.mlp = MLP(flat, hidden, out_features, activation=activation, dtype=dtype, rngs=rngs)
     self.activation = _activation(activation)
 
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -181,19 +188,25 @@ class ConvEncoder(nnx.Module):
 class ConvDecoder(nnx.Module):
   """Dense layers to a (H/4)x(W/4) map, then two stride-2 transposed convolutions."""
 
-  def __init__(self, in_features, image_shape, channels, hidden, out_channels, *, activation, rngs):
+  def __init__(
+    self, in_features, image_shape, channels, hidden, out_channels, *, activation, dtype, rngs
+  ):
     height, width, _ = image_shape
     if height % 4 or width % 4:
       raise ValueError(f"ConvDecoder needs height and width divisible by 4, got {image_shape}.")
     c1, c2 = channels
     self.start_shape = (height // 4, width // 4, c2)
     self.mlp = MLP(
-      in_features, hidden, math.prod(self.start_shape), activation=activation, rngs=rngs
+      in_features,
+      hidden,
+      math.prod(self.start_shape),
+      activation=activation,
+      dtype=dtype,
+      rngs=rngs,
     )
-    self.deconv1 = nnx.ConvTranspose(c2, c1, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
-    self.deconv2 = nnx.ConvTranspose(
-      c1, out_channels, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs
-    )
+    deconv = dict(strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)  # no f32-out option
+    self.deconv1 = nnx.ConvTranspose(c2, c1, (3, 3), **deconv)
+    self.deconv2 = nnx.ConvTranspose(c1, out_channels, (3, 3), **deconv)
     self.activation = _activation(activation)
 
   def __call__(self, z_BxF: jax.Array) -> jax.Array:
@@ -226,6 +239,7 @@ class VAE(nnx.Module):
     num_classes: int = 0,
     gaussian_logvar: float = 0.0,
     num_components: int = 10,
+    dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.image_shape = tuple(image_shape)
@@ -238,13 +252,19 @@ class VAE(nnx.Module):
     outputs = self.likelihood.outputs_per_pixel
     if architecture == "mlp":
       self.encoder = MLP(
-        num_pixels + num_classes, hidden, 2 * latent_dim, activation=activation, rngs=rngs
+        num_pixels + num_classes,
+        hidden,
+        2 * latent_dim,
+        activation=activation,
+        dtype=dtype,
+        rngs=rngs,
       )
       self.decoder = MLP(
         latent_dim + num_classes,
         hidden[::-1],
         num_pixels * outputs,
         activation=activation,
+        dtype=dtype,
         rngs=rngs,
       )
     elif architecture == "conv":
@@ -255,6 +275,7 @@ class VAE(nnx.Module):
         hidden,
         2 * latent_dim,
         activation=activation,
+        dtype=dtype,
         rngs=rngs,
       )
       self.decoder = ConvDecoder(
@@ -264,6 +285,7 @@ class VAE(nnx.Module):
         hidden[::-1],
         channels * outputs,
         activation=activation,
+        dtype=dtype,
         rngs=rngs,
       )
     else:
@@ -303,7 +325,8 @@ class VAE(nnx.Module):
       h = jnp.concatenate(
         [h, jnp.broadcast_to(y[:, None, None, :], (*h.shape[:3], y.shape[-1]))], -1
       )
-    mean, logvar = jnp.split(self.encoder(h), 2, axis=-1)
+    # The networks may compute in bfloat16; the distributions always see float32.
+    mean, logvar = jnp.split(self.encoder(h).astype(jnp.float32), 2, axis=-1)
     return mean, logvar
 
   def decoder_output(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -311,7 +334,8 @@ class VAE(nnx.Module):
     y = self._one_hot(labels, z.shape[0])
     if y is not None:
       z = jnp.concatenate([z, y], axis=-1)
-    return self.decoder(z).reshape(z.shape[0], math.prod(self.image_shape), -1)
+    out = self.decoder(z).astype(jnp.float32)
+    return out.reshape(z.shape[0], math.prod(self.image_shape), -1)
 
   def log_likelihood(
     self, x: jax.Array, z: jax.Array, labels: jax.Array | None = None
@@ -389,6 +413,7 @@ class TwoStochasticLayerVAE(nnx.Module):
     activation: str = "tanh",
     gaussian_logvar: float = 0.0,
     num_components: int = 10,
+    dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.image_shape = tuple(image_shape)
@@ -400,14 +425,11 @@ class TwoStochasticLayerVAE(nnx.Module):
     )
     outputs = self.likelihood.outputs_per_pixel
     top_hidden = tuple(top_hidden)
-    self.q_h1 = MLP(num_pixels, hidden, 2 * latent_dim, activation=activation, rngs=rngs)
-    self.q_h2 = MLP(latent_dim, top_hidden, 2 * top_latent_dim, activation=activation, rngs=rngs)
-    self.p_h1 = MLP(
-      top_latent_dim, top_hidden[::-1], 2 * latent_dim, activation=activation, rngs=rngs
-    )
-    self.p_x = MLP(
-      latent_dim, tuple(hidden)[::-1], num_pixels * outputs, activation=activation, rngs=rngs
-    )
+    mlp = dict(activation=activation, dtype=dtype, rngs=rngs)
+    self.q_h1 = MLP(num_pixels, hidden, 2 * latent_dim, **mlp)
+    self.q_h2 = MLP(latent_dim, top_hidden, 2 * top_latent_dim, **mlp)
+    self.p_h1 = MLP(top_latent_dim, top_hidden[::-1], 2 * latent_dim, **mlp)
+    self.p_x = MLP(latent_dim, tuple(hidden)[::-1], num_pixels * outputs, **mlp)
 
   def _check_inputs(self, x, labels):
     if labels is not None:
@@ -418,6 +440,11 @@ class TwoStochasticLayerVAE(nnx.Module):
         f"{', '.join(map(str, self.image_shape))}], got {x.shape}."
       )
 
+  @staticmethod
+  def _f32(network, h):
+    """network(h) in float32, whatever precision the network computes in."""
+    return network(h).astype(jnp.float32)
+
   def _flat_inputs(self, x):
     h = x.astype(jnp.float32).reshape(x.shape[0], -1)
     return h / 127.5 - 1.0 if self.likelihood.integer_data else h
@@ -425,17 +452,18 @@ class TwoStochasticLayerVAE(nnx.Module):
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """q(h1|x): (mean, logvar), each [batch, latent_dim]."""
     self._check_inputs(x, labels)
-    mean, logvar = jnp.split(self.q_h1(self._flat_inputs(x)), 2, axis=-1)
+    mean, logvar = jnp.split(self._f32(self.q_h1, self._flat_inputs(x)), 2, axis=-1)
     return mean, logvar
 
   def decode_mean(self, h1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     """The mean image of p(x|h1) in [0, 1], [batch, *image_shape]."""
-    out = self.p_x(h1).reshape(h1.shape[0], math.prod(self.image_shape), -1)
+    out = self._f32(self.p_x, h1).reshape(h1.shape[0], math.prod(self.image_shape), -1)
     return self.likelihood.mean(out).reshape(h1.shape[0], *self.image_shape)
 
   def decode_prior(self, key: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
     """Mean images of p(x|h1) at the mean of p(h1|h2), h2 drawn from the prior."""
-    h1_mean, _ = jnp.split(self.p_h1(jax.random.normal(key, (num, self.top_latent_dim))), 2, -1)
+    h2 = jax.random.normal(key, (num, self.top_latent_dim))
+    h1_mean, _ = jnp.split(self._f32(self.p_h1, h2), 2, -1)
     return self.decode_mean(h1_mean)
 
   def _log_weight_terms(self, key, x, num_samples):
@@ -444,9 +472,9 @@ class TwoStochasticLayerVAE(nnx.Module):
     key_h1, key_h2 = jax.random.split(key)
     q1_mean, q1_logvar = self.encode(x)
     h1 = distributions.reparameterize(key_h1, q1_mean, q1_logvar, num_samples)  # [K, B, Z1]
-    q2_mean, q2_logvar = jnp.split(self.q_h2(h1), 2, axis=-1)
+    q2_mean, q2_logvar = jnp.split(self._f32(self.q_h2, h1), 2, axis=-1)
     h2 = distributions.reparameterize(key_h2, q2_mean, q2_logvar, 1)[0]  # [K, B, Z2]
-    p1_mean, p1_logvar = jnp.split(self.p_h1(h2), 2, axis=-1)
+    p1_mean, p1_logvar = jnp.split(self._f32(self.p_h1, h2), 2, axis=-1)
     log_normal_per_dimension = distributions.log_normal_per_dimension
     zero = jnp.zeros((), h2.dtype)
     log_q_minus_log_p = jnp.concatenate(
@@ -457,7 +485,7 @@ class TwoStochasticLayerVAE(nnx.Module):
       ],
       axis=-1,
     )
-    out = self.p_x(h1).reshape(num_samples, x.shape[0], x_flat.shape[-1], -1)
+    out = self._f32(self.p_x, h1).reshape(num_samples, x.shape[0], x_flat.shape[-1], -1)
     return log_q_minus_log_p, self.likelihood.log_prob(x_flat, out)
 
   def log_weights(

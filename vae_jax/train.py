@@ -113,6 +113,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.free_bits >= 0, f"free_bits={config.free_bits} must be >= 0.")
   check(not (config.free_bits > 0 and not config.analytic_kl), "free_bits needs analytic_kl=True.")
   check(
+    config.dtype in ("float32", "bfloat16"),
+    f"dtype={config.dtype!r}; choose 'float32' or 'bfloat16'.",
+  )
+  check(
     config.stochastic_layers in (1, 2),
     f"stochastic_layers={config.stochastic_layers}; choose 1 or 2.",
   )
@@ -153,6 +157,7 @@ def make_model(
       activation=config.activation,
       gaussian_logvar=config.gaussian_logvar,
       num_components=config.num_components,
+      dtype=jnp.dtype(config.dtype),
       rngs=rngs,
     )
   return models.VAE(
@@ -166,6 +171,7 @@ def make_model(
     num_classes=num_classes if config.conditional else 0,
     gaussian_logvar=config.gaussian_logvar,
     num_components=config.num_components,
+    dtype=jnp.dtype(config.dtype),
     rngs=rngs,
   )
 
@@ -728,6 +734,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
   config.activation = "tanh"
   config.likelihood = "bernoulli"  # see vae_jax.models.LIKELIHOODS
+  # Precision of the networks' matmuls and activations; parameters, optimizer state and
+  # every log-density, KL and logsumexp stay float32.
+  config.dtype = "float32"  # "float32" | "bfloat16"
   config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
   config.num_components = 10  # discretized logistic mixture components
   config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)
