@@ -228,6 +228,61 @@ def test_vmapped_seeds_equal_separate_runs(small_dataset):
     )
 
 
+SHARDED_TRAINING = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from test_train import sharded_training_run
+assert jax.device_count() == 8
+params, all_reduces = sharded_training_run()
+np.save(sys.argv[1], params)
+print("all-reduces", all_reduces)
+"""
+
+
+def sharded_training_run():
+  """10 IWAE steps with a global batch of 80: the flattened parameters, and the number of
+  all-reduces in the compiled step."""
+  full = data.load_mnist_5k()
+  dataset = data.make_dataset(
+    (full.train_images[:800], full.train_labels[:800]),
+    (full.test_images[:80], full.test_labels[:80]),
+    num_classes=10,
+  )
+  config = tiny_config(batch_size=80, steps_per_call=5, objective="iwae", num_samples=3)
+  experiment = train.Experiment(config, dataset)
+  state = experiment.initial_state()
+  args = experiment.place((train.seed_keys(config), dataset.train_images, dataset.train_labels))
+  compiled = experiment.train_chunk.lower(state, *args).compile().as_text()
+  for _ in range(2):
+    state, _ = experiment.train_chunk(state, *args)
+  leaves = jax.tree.leaves(jax.device_get(state["params"]))
+  return np.concatenate([np.ravel(leaf) for leaf in leaves]), compiled.count("all-reduce")
+
+
+def test_data_parallel_training_over_eight_devices_equals_one_device(tmp_path):
+  out = str(tmp_path / "params.npy")
+  result = subprocess.run(
+    [sys.executable, "-c", SHARDED_TRAINING, out],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "all-reduces 0" not in result.stdout  # the gradients really are summed over devices
+  one_device, all_reduces = sharded_training_run()
+  assert all_reduces == 0
+  np.testing.assert_allclose(np.load(out), one_device, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_not_divisible_by_devices_is_refused(small_dataset, monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  with pytest.raises(ValueError, match="batch_size=50 must be divisible by the 8 devices"):
+    train.Experiment(tiny_config(), small_dataset)
+
+
 def test_no_retracing_across_epochs_and_after_restore(small_dataset, tmp_path):
   experiment = train.Experiment(tiny_config(steps_per_call=4), small_dataset)
   state = _run_chunks(experiment, experiment.initial_state(), small_dataset, 5)  # crosses epochs

@@ -247,9 +247,18 @@ class Experiment:
     self.graphdef = nnx.graphdef(abstract_model)
     self.integer_data = abstract_model.likelihood.integer_data
     self.optimizer = make_optimizer(config, self.steps_per_epoch)
-    # Everything lives on one device, committed, so that a state restored from a
-    # checkpoint (which orbax commits) hits the same compiled step as a fresh one.
-    self.sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # Data parallelism: a mesh with a "data" axis over every device. The state and the
+    # device-resident data are replicated (and committed, so that a state restored
+    # from a checkpoint hits the same compiled step as a fresh one); each step's
+    # batch is split along "data", and XLA all-reduces the gradients.
+    self.mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    self.sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+    if config.batch_size % jax.device_count():
+      raise ValueError(
+        f"batch_size={config.batch_size} must be divisible by the {jax.device_count()} "
+        "devices that share each batch."
+      )
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
     self.evaluate = jax.jit(self._evaluate)
     self.evaluate_examples = jax.jit(self._evaluate_examples)
@@ -362,7 +371,10 @@ class Experiment:
 
       def body(state, i):
         index = jax.lax.dynamic_slice_in_dim(order, (offset + i) * batch_size, batch_size)
-        return self._train_step(state, train_images[index], train_labels[index], keys["step"])
+        images, labels = train_images[index], train_labels[index]
+        if self.mesh.size > 1 and self.config.num_seeds == 1:
+          images, labels = jax.lax.with_sharding_constraint((images, labels), self.batch_sharding)
+        return self._train_step(state, images, labels, keys["step"])
 
       return jax.lax.scan(body, state, jnp.arange(self.steps_per_call))
 
@@ -406,11 +418,7 @@ class Experiment:
   def full_evaluation(self, params, x, labels) -> dict[str, Any]:
     """ELBO, IWAE bounds, IS log-likelihood (each with its standard error over examples),
     active units and KL per dimension; averaged over seeds, with per-seed values."""
-    if jax.device_count() > 1:  # the evaluation splits the examples over every device
-      mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-      params, x, labels = jax.device_put(
-        (params, x, labels), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      )
+    params, x, labels = self.place((params, x, labels))  # replicated over the mesh
     per_seed = []
     for seed in range(self.config.num_seeds):
       seed_params = jax.tree.map(lambda a, seed=seed: a[seed], params)
