@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax import models, objectives
+from vae_jax import objectives
 
 
 def map_batches(fn: Callable, arrays: tuple, batch_size: int) -> jax.Array:
@@ -35,14 +35,12 @@ def map_batches(fn: Callable, arrays: tuple, batch_size: int) -> jax.Array:
 
 def test_elbo_terms(model, x, labels, key, *, batch_size: int) -> objectives.ElboTerms:
   """Per-example ELBO terms over a test set: one sample, the analytic KL where there is one."""
-  analytic_kl = not isinstance(model, models.TwoStochasticLayerVAE)
-
   def one_batch(x, labels, index):
     return model.elbo_terms(
       jax.random.fold_in(key, index[0]),
       x,
       labels if model.num_classes else None,
-      analytic_kl=analytic_kl,
+      analytic_kl=model.has_analytic_kl,
     )
 
   return map_batches(one_batch, (x, labels, jnp.arange(x.shape[0])), batch_size)
@@ -76,12 +74,10 @@ def evaluate_examples(
   i from `indices` (default 0..N-1): the results do not depend on how the
   examples are split over devices, as long as the batches are the same.
   """
-  analytic_kl = not isinstance(model, models.TwoStochasticLayerVAE)
-
   def one_batch(x, labels, index):
     labels = labels if model.num_classes else None
     keys = jax.random.split(jax.random.fold_in(key, index[0]), 2 + len(iwae_samples))
-    terms = model.elbo_terms(keys[0], x, labels, analytic_kl=analytic_kl)
+    terms = model.elbo_terms(keys[0], x, labels, analytic_kl=model.has_analytic_kl)
     estimate = objectives.importance_log_likelihood_from_log_weights(
       lambda key, size: model.log_weights(key, x, size, labels),
       keys[1],

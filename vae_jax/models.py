@@ -226,6 +226,8 @@ class VAE(nnx.Module):
   parameters for every pixel.
   """
 
+  has_analytic_kl = True  # KL(q(z|x) || N(0, I)) in closed form
+
   def __init__(
     self,
     *,
@@ -400,6 +402,7 @@ class TwoStochasticLayerVAE(nnx.Module):
   """
 
   num_classes = 0
+  has_analytic_kl = False
 
   def __init__(
     self,
