@@ -105,14 +105,7 @@ def main(argv):
   }[_SPLIT.value]
   if not len(images):
     raise app.UsageError(f"{config.dataset} has no {_SPLIT.value} split in this config.")
-  x, labels = experiment.place(
-    (
-      data.split_inputs(
-        images, binarization=config.binarization, integer_data=experiment.integer_data
-      ),
-      labels,
-    )
-  )
+  x, labels = experiment.eval_inputs(images, labels)
   command = shlex.join(["python", "-m", "experiments.evaluate", *sys.argv[1:]])
   report = train.evaluation_report(
     experiment, state["params"], x, labels, split=_SPLIT.value, command=command

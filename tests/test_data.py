@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 
 from vae_jax import data, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.environ.get("VAE_JAX_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
+SHARED_DATA = os.environ.get(
+  "VAE_JAX_SHARED_DATA", os.path.join(helpers.REPO, "..", "shared", "data")
+)
 needs_shared_data = pytest.mark.skipif(
   not os.path.isdir(SHARED_DATA),
   reason=f"no copies of the original files at {SHARED_DATA} (set VAE_JAX_SHARED_DATA)",

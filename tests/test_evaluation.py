@@ -2,25 +2,21 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
+import helpers
 import jax
 import jax.numpy as jnp
-import linear_models
 import numpy as np
 import pytest
 from flax import nnx
 
 from vae_jax import evaluation, models, plots
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_evaluation_reports_the_exact_log_likelihood_within_its_standard_error():
   scipy_stats = pytest.importorskip("scipy.stats")
-  vae, mean_x, cov_x = linear_models.two_layer_linear_gaussian()
+  vae, mean_x, cov_x = helpers.two_layer_linear_gaussian()
   x_flat = np.random.default_rng(2).multivariate_normal(mean_x, cov_x, size=24)
   exact = scipy_stats.multivariate_normal(mean_x, cov_x).logpdf(x_flat)
   x = jnp.asarray(x_flat.reshape(24, 2, 3, 1), jnp.float32)
@@ -159,43 +155,22 @@ EIGHT_DEVICES = textwrap.dedent(
 
 
 def test_evaluation_over_eight_devices_equals_one_device():
-  result = subprocess.run(
-    [sys.executable, "-c", EIGHT_DEVICES], cwd=REPO, capture_output=True, text=True, timeout=600
-  )
+  result = helpers.run_python("-c", EIGHT_DEVICES)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "same on 8 devices" in result.stdout
 
 
 def test_evaluate_entry_point_writes_every_field(tmp_path):
   workdir = str(tmp_path / "run")
-  trained = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.train",
-      "--config=experiments/configs/smoke.py",
-      f"--workdir={workdir}",
-      "--config.latent_dim=2",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  trained = helpers.run_module(
+    "experiments.train",
+    "--config=experiments/configs/smoke.py",
+    f"--workdir={workdir}",
+    "--config.latent_dim=2",
   )
   assert trained.returncode == 0, trained.stderr[-3000:]
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.evaluate",
-      f"--workdir={workdir}",
-      "--num_samples=40",
-      "--iwae_samples=1,5",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  result = helpers.run_module(
+    "experiments.evaluate", f"--workdir={workdir}", "--num_samples=40", "--iwae_samples=1,5"
   )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.load(open(os.path.join(workdir, "eval.json")))

@@ -3,20 +3,16 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
+import helpers
 import jax
 import jax.numpy as jnp
-import linear_models
 import numpy as np
 import pytest
 from flax import nnx
 
 import vae_jax
 from vae_jax import checkpoints, data, models, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +105,7 @@ def test_burda_two_stochastic_layer_parameter_count_and_shapes():
 
 def test_two_stochastic_layers_importance_sampling_recovers_exact_log_likelihood():
   scipy_stats = pytest.importorskip("scipy.stats")
-  vae, mean_x, cov_x = linear_models.two_layer_linear_gaussian()
+  vae, mean_x, cov_x = helpers.two_layer_linear_gaussian()
   x_flat = np.random.default_rng(1).multivariate_normal(mean_x, cov_x, size=16)
   exact = scipy_stats.multivariate_normal(mean_x, cov_x).logpdf(x_flat)
   x = jnp.asarray(x_flat.reshape(16, 2, 3, 1), jnp.float32)
@@ -263,13 +259,7 @@ def sharded_training_run():
 
 def test_data_parallel_training_over_eight_devices_equals_one_device(tmp_path):
   out = str(tmp_path / "params.npy")
-  result = subprocess.run(
-    [sys.executable, "-c", SHARDED_TRAINING, out],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = helpers.run_python("-c", SHARDED_TRAINING, out)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "all-reduces 0" not in result.stdout  # the gradients really are summed over devices
   one_device, all_reduces = sharded_training_run()
@@ -375,13 +365,7 @@ def test_two_stochastic_layer_iwae_trains_and_evaluates(small_dataset, tmp_path)
 
 
 def _run_entry_point(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.train", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  return helpers.run_module("experiments.train", *args)
 
 
 def test_main_job_smoke_run_writes_everything(tmp_path):

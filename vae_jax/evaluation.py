@@ -35,6 +35,7 @@ def map_batches(fn: Callable, arrays: tuple, batch_size: int) -> jax.Array:
 
 def test_elbo_terms(model, x, labels, key, *, batch_size: int) -> objectives.ElboTerms:
   """Per-example ELBO terms over a test set: one sample, the analytic KL where there is one."""
+
   def one_batch(x, labels, index):
     return model.elbo_terms(
       jax.random.fold_in(key, index[0]),
@@ -74,6 +75,7 @@ def evaluate_examples(
   i from `indices` (default 0..N-1): the results do not depend on how the
   examples are split over devices, as long as the batches are the same.
   """
+
   def one_batch(x, labels, index):
     labels = labels if model.num_classes else None
     keys = jax.random.split(jax.random.fold_in(key, index[0]), 2 + len(iwae_samples))

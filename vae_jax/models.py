@@ -215,7 +215,21 @@ class ConvDecoder(nnx.Module):
     return self.deconv2(h)
 
 
-# --- The VAE ----------------------------------------------------------------------------
+# --- The VAEs ---------------------------------------------------------------------------
+
+
+def _check_image_shape(x: jax.Array, image_shape: tuple[int, ...]) -> None:
+  if x.shape[1:] != image_shape:
+    expected = ", ".join(map(str, image_shape))
+    raise ValueError(
+      f"x must have shape [batch, *image_shape] = [batch, {expected}], got {x.shape}."
+    )
+
+
+def _network_inputs(x: jax.Array, integer_data: bool) -> jax.Array:
+  """Images as float32 network inputs: 8-bit integers scaled to [-1, 1]."""
+  h = x.astype(jnp.float32)
+  return h / 127.5 - 1.0 if integer_data else h
 
 
 class VAE(nnx.Module):
@@ -305,20 +319,11 @@ class VAE(nnx.Module):
       raise ValueError(f"labels must have shape [batch] = ({batch},), got {labels.shape}.")
     return jax.nn.one_hot(labels, self.num_classes)
 
-  def _check_images(self, x):
-    if x.shape[1:] != self.image_shape:
-      expected = ", ".join(map(str, self.image_shape))
-      raise ValueError(
-        f"x must have shape [batch, *image_shape] = [batch, {expected}], got {x.shape}."
-      )
-
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """q(z|x): (mean, logvar), each [batch, latent]."""
-    self._check_images(x)
+    _check_image_shape(x, self.image_shape)
     y = self._one_hot(labels, x.shape[0])
-    h = x.astype(jnp.float32)
-    if self.likelihood.integer_data:
-      h = h / 127.5 - 1.0  # 8-bit pixels to [-1, 1]
+    h = _network_inputs(x, self.likelihood.integer_data)
     if self.architecture == "mlp":
       h = h.reshape(x.shape[0], -1)
       if y is not None:
@@ -382,6 +387,20 @@ class VAE(nnx.Module):
     """log p(x, z_k) - log q(z_k|x), [K, batch]."""
     return objectives.log_weights(key, x, *self.callables(labels), num_samples)
 
+  def iwae(
+    self,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    num_samples: int,
+    estimator: str = "reparam",
+  ) -> jax.Array:
+    """The IWAE bound with the gradient of `estimator` (objectives.iwae), [batch]."""
+    return objectives.iwae(
+      key, x, *self.callables(labels), num_samples=num_samples, estimator=estimator
+    )
+
   def decode_prior(self, key: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
     """Mean images of p(x|z) for z drawn from the prior: [num, *image_shape]."""
     return self.decode_mean(jax.random.normal(key, (num, self.latent_dim)), labels)
@@ -437,25 +456,23 @@ class TwoStochasticLayerVAE(nnx.Module):
   def _check_inputs(self, x, labels):
     if labels is not None:
       raise ValueError("TwoStochasticLayerVAE is unconditional: pass labels=None.")
-    if x.shape[1:] != self.image_shape:
-      raise ValueError(
-        f"x must have shape [batch, *image_shape] = [batch, "
-        f"{', '.join(map(str, self.image_shape))}], got {x.shape}."
-      )
+    _check_image_shape(x, self.image_shape)
 
   @staticmethod
   def _f32(network, h):
     """network(h) in float32, whatever precision the network computes in."""
     return network(h).astype(jnp.float32)
 
-  def _flat_inputs(self, x):
-    h = x.astype(jnp.float32).reshape(x.shape[0], -1)
-    return h / 127.5 - 1.0 if self.likelihood.integer_data else h
-
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """q(h1|x): (mean, logvar), each [batch, latent_dim]."""
     self._check_inputs(x, labels)
-    mean, logvar = jnp.split(self._f32(self.q_h1, self._flat_inputs(x)), 2, axis=-1)
+    mean, logvar = jnp.split(
+      self._f32(
+        self.q_h1, _network_inputs(x, self.likelihood.integer_data).reshape(x.shape[0], -1)
+      ),
+      2,
+      axis=-1,
+    )
     return mean, logvar
 
   def decode_mean(self, h1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -499,6 +516,22 @@ class TwoStochasticLayerVAE(nnx.Module):
     distributions.check_num_samples(num_samples)
     log_q_minus_log_p, log_px = self._log_weight_terms(key, x, num_samples)
     return log_px - jnp.sum(log_q_minus_log_p, axis=-1)
+
+  def iwae(
+    self,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    num_samples: int,
+    estimator: str = "reparam",
+  ) -> jax.Array:
+    """The IWAE bound, [batch], with its plain reparameterization gradient."""
+    if estimator != "reparam":
+      raise ValueError(
+        f"estimator={estimator!r}: TwoStochasticLayerVAE trains with 'reparam' gradients only."
+      )
+    return objectives.iwae_bound(self.log_weights(key, x, num_samples, labels))
 
   def elbo_terms(
     self,

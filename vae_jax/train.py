@@ -275,8 +275,15 @@ class Experiment:
     return jax.tree.map(lambda a: a[None], out)
 
   def place(self, tree):
-    """Commits arrays to the device that every jitted function runs on."""
+    """Commits arrays to the mesh that every jitted function runs on, replicated."""
     return jax.device_put(tree, self.sharding)
+
+  def eval_inputs(self, images, labels) -> tuple[jax.Array, jax.Array]:
+    """An evaluation split as placed model inputs, binarized once with a fixed seed."""
+    x = data.split_inputs(
+      images, binarization=self.config.binarization, integer_data=self.integer_data
+    )
+    return self.place((x, labels))
 
   def model(self, params) -> models.VAE:
     return nnx.merge(self.graphdef, params)
@@ -323,16 +330,7 @@ class Experiment:
         "kl": jnp.mean(terms.kl),
       }
     else:
-      if config.stochastic_layers == 2:
-        value = objectives.iwae_bound(model.log_weights(key, x, config.num_samples))
-      else:
-        value = objectives.iwae(
-          key,
-          x,
-          *model.callables(labels),
-          num_samples=config.num_samples,
-          estimator=config.estimator,
-        )
+      value = model.iwae(key, x, labels, num_samples=config.num_samples, estimator=config.estimator)
       aux = {"iwae": jnp.mean(value)}
     loss = -jnp.mean(value)
     return loss, {"objective": -loss, **aux}
@@ -371,9 +369,9 @@ class Experiment:
 
       def body(state, i):
         index = jax.lax.dynamic_slice_in_dim(order, (offset + i) * batch_size, batch_size)
-        images, labels = train_images[index], train_labels[index]
-        if self.mesh.size > 1 and self.config.num_seeds == 1:
-          images, labels = jax.lax.with_sharding_constraint((images, labels), self.batch_sharding)
+        images, labels = jax.lax.with_sharding_constraint(
+          (train_images[index], train_labels[index]), self.batch_sharding
+        )
         return self._train_step(state, images, labels, keys["step"])
 
       return jax.lax.scan(body, state, jnp.arange(self.steps_per_call))
@@ -437,15 +435,10 @@ def _combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
   """Scalars averaged over seeds (plus NAME_per_seed lists); lists kept per seed."""
   if len(per_seed) == 1:
     return per_seed[0]
-  out = {}
-  for name, value in per_seed[0].items():
-    values = [summary[name] for summary in per_seed]
-    if isinstance(value, list):
-      out[f"{name}_per_seed"] = values
-    else:
-      out[name] = float(np.mean(values))
-      out[f"{name}_per_seed"] = values
-  return out
+  columns = {name: [summary[name] for summary in per_seed] for name in per_seed[0]}
+  scalars = {name: v for name, v in columns.items() if not isinstance(v[0], list)}
+  lists = {f"{name}_per_seed": v for name, v in columns.items() if isinstance(v[0], list)}
+  return {**_mean_over_seeds(scalars), **lists}
 
 
 class _StopSignal:
@@ -544,14 +537,7 @@ def train_and_evaluate(
   )
   # Evaluation splits as model inputs, binarized once: "valid" only where there is one.
   eval_splits = {
-    split: experiment.place(
-      (
-        data.split_inputs(
-          images, binarization=config.binarization, integer_data=experiment.integer_data
-        ),
-        labels,
-      )
-    )
+    split: experiment.eval_inputs(images, labels)
     for split, images, labels in (
       ("valid", dataset.validation_images, dataset.validation_labels),
       ("test", dataset.test_images, dataset.test_labels),

@@ -1,4 +1,8 @@
-"""Models whose log p(x) is known in closed form, shared by the tests."""
+"""Shared by the tests: a model whose log p(x) is known in closed form, and subprocess runs."""
+
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -55,3 +59,18 @@ def two_layer_linear_gaussian():
   cov_x = b_matrix.T @ cov_h1 @ b_matrix + np.eye(6)
   mean_x = a_bias @ b_matrix + b_bias
   return vae, mean_x, cov_x
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+  """python -m module args, from the repository root."""
+  return run_python("-m", module, *args)
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess:
+  """A fresh Python process (e.g. one with XLA_FLAGS set before jax loads)."""
+  return subprocess.run(
+    [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
