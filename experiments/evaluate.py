@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from vae_jax import checkpoints, data, train
+from vae_jax import checkpoints, data, parallel, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _NUM_SAMPLES = flags.DEFINE_integer(
@@ -87,6 +87,7 @@ def main(argv):
     if flag.value is not None:
       config[name] = flag.value
   train.validate_config(config)
+  parallel.initialize_distributed(config)
   dataset = data.load(
     config.dataset,
     data_dir=config.data_dir,
@@ -95,9 +96,10 @@ def main(argv):
   )
   experiment = train.Experiment(config, dataset)
   checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
-  if checkpointer.latest_step() is None:
+  step = checkpointer.latest_step()
+  if step is None:
     raise app.UsageError(f"{workdir} has no checkpoint to evaluate.")
-  state = experiment.place(checkpointer.restore(experiment.abstract_state()))
+  state = checkpointer.restore(experiment.abstract_state())
   checkpointer.close()
   images, labels = {
     "test": (dataset.test_images, dataset.test_labels),
@@ -110,13 +112,16 @@ def main(argv):
   report = train.evaluation_report(
     experiment, state["params"], x, labels, split=_SPLIT.value, command=command
   )
-  report["steps"] = int(state["step"][0])
+  report["steps"] = step
+  first_seed = experiment.seed_params(state["params"], 0)  # every process takes part
+  if not parallel.is_main_process():
+    return
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=2)
   with open(os.path.join(workdir, "eval.md"), "w") as f:
     f.write(markdown(report, _SPLIT.value))
-  first_seed = experiment.model(jax.tree.map(lambda a: a[0], state["params"]))
-  pictures = train.save_pictures(experiment, first_seed, x, labels, workdir)
+  first_seed, x, labels = jax.device_get((first_seed, x, labels))
+  pictures = train.save_pictures(experiment, experiment.model(first_seed), x, labels, workdir)
   print(markdown(report, _SPLIT.value))
   print("Pictures:", ", ".join(pictures))
 

@@ -1,17 +1,18 @@
 """Throughput of vae_jax's training loop and evaluation against hand-written baselines.
 
   python scripts/bench.py                  # training: K=1 (ELBO) and K=50 (IWAE)
-  python scripts/bench.py --ks=1 --rounds=3
+  python scripts/bench.py --ks=1,5,50 --batch_sizes=20,100,500 --rounds=3   # a table
   python scripts/bench.py --dtype=bfloat16 # the library in bf16 against the fp32 minimal loop
+  python scripts/bench.py --mode=precision # bf16 vs fp32: IWAE K=50 speed and ELBO, same budget
   python scripts/bench.py --mode=eval      # IS-5000 log-likelihood of 10,000 test images
   python scripts/bench.py --mode=quality --data_dir=DIR   # time to test ELBO > -100, MNIST
 
 Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
-Bernoulli), batch 100, Adam, dynamic binarization, on the embedded 4,000
-training digits. In the same run, interleaved round by round so that a noisy
+Bernoulli), batch 100 (or each of --batch_sizes), Adam, dynamic binarization,
+on the embedded 4,000 training digits. In the same run, interleaved round by round so that a noisy
 machine affects both alike, it times:
   - the library: vae_jax.train.Experiment.train_chunk, one epoch per call, with
-    train_and_evaluate's host copy of the state before each call;
+    train_and_evaluate's copy of the state before each call;
   - a baseline: the same model, optimizer, shuffling and binarization written
     as a minimal hand-written JAX loop (jit over a lax.scan of steps);
   - the machine's fp32 matmul throughput (2048x2048 jnp.dot), the roofline.
@@ -33,6 +34,11 @@ KL, Adam 1e-3, batch 100) on full MNIST from TFDS (--data_dir, prepared with
 scripts/prepare_data.py), dynamically binarized, all 60,000 training images,
 and reports the training seconds (evaluation excluded) until the test ELBO
 (10,000 test images binarized once, one sample) first exceeds --target.
+
+--mode=precision trains IWAE K=50 (the same model) for --budget_epochs epochs
+in float32 and in bfloat16 (config.dtype), seeds 0 and 1 each, on the embedded
+digits (or full MNIST with --data_dir), and reports each run's images/s and
+final test ELBO (one sample, analytic KL) and the differences.
 """
 
 import time
@@ -52,7 +58,11 @@ _EPOCHS_PER_ROUND = flags.DEFINE_integer("epochs_per_round", 3, "Epochs timed pe
 _DTYPE = flags.DEFINE_enum(
   "dtype", "float32", ["float32", "bfloat16"], "config.dtype of the library's training loop."
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "quality"], "What to time.")
+_MODE = flags.DEFINE_enum(
+  "mode", "train", ["train", "eval", "quality", "precision"], "What to time."
+)
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Batch sizes to measure (--mode=train).")
+_BUDGET_EPOCHS = flags.DEFINE_integer("budget_epochs", 20, "Epochs of each run (--mode=precision).")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 10_000, "Test images for --mode=eval.")
 _LOOP_IMAGES = flags.DEFINE_integer("loop_images", 20, "Images the per-example loop times.")
 _EVAL_SAMPLES, _EVAL_CHUNK = 5000, 500
@@ -60,7 +70,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir with mnist (--m
 _TARGET = flags.DEFINE_float("target", -100.0, "Test ELBO to reach (--mode=quality).")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 300, "Give up after this many epochs.")
 
-HIDDEN, LATENT, PIXELS, BATCH = (200, 200), 50, 784, 100
+HIDDEN, LATENT, PIXELS = (200, 200), 50, 784
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -80,7 +90,7 @@ def train_flops_per_image(k: int) -> float:
   return 2 * 3 * (encoder + k * decoder)
 
 
-def baseline_epoch_fn(k: int, num_train: int):
+def baseline_epoch_fn(k: int, batch_size: int, num_train: int):
   """A minimal hand-written VAE/IWAE training epoch: what one would write in an afternoon."""
   sizes_enc = [PIXELS, *HIDDEN, 2 * LATENT]
   sizes_dec = [LATENT, *HIDDEN[::-1], PIXELS]
@@ -118,13 +128,13 @@ def baseline_epoch_fn(k: int, num_train: int):
   def epoch(state, images, key):
     params, opt_state = state
     order = jax.random.permutation(key, num_train)
-    batches = order[: num_train // BATCH * BATCH].reshape(-1, BATCH)
+    batches = order[: num_train // batch_size * batch_size].reshape(-1, batch_size)
 
     def step(carry, inputs):
       params, opt_state = carry
       index, i = inputs
       key_bin, key_z = jax.random.split(jax.random.fold_in(key, i))
-      x = jax.random.bernoulli(key_bin, images[index].reshape(BATCH, -1) / 255.0).astype(
+      x = jax.random.bernoulli(key_bin, images[index].reshape(batch_size, -1) / 255.0).astype(
         jnp.float32
       )
       grads = jax.grad(loss)(params, x, key_z)
@@ -201,9 +211,7 @@ def bench_time_to_quality() -> None:
   dataset = data.load("mnist", data_dir=_DATA_DIR.value)
   experiment = train.Experiment(config, dataset)
   state = experiment.initial_state()
-  keys, images, labels = experiment.place(
-    (train.seed_keys(config), dataset.train_images, dataset.train_labels)
-  )
+  keys, images, labels = experiment.train_inputs()
   test_x, test_labels = experiment.eval_inputs(dataset.test_images, dataset.test_labels)
   train_chunk = experiment.train_chunk.lower(state, keys, images, labels).compile()  # off the clock
   train_seconds = 0.0
@@ -238,53 +246,104 @@ def main(argv):
   if _MODE.value == "quality":
     bench_time_to_quality()
     return
-  num_train = dataset.train_images.shape[0]
+  if _MODE.value == "precision":
+    bench_precision(dataset)
+    return
   print(f"fp32 matmul roofline (2048x2048): {matmul_gflops():.0f} GFLOP/s")
-  for k in map(int, _KS.value):
-    config = train.build_config(
-      dict(
-        objective="elbo" if k == 1 else "iwae",
-        num_samples=k,
-        analytic_kl=k == 1,
-        dtype=_DTYPE.value,
-      )
-    )
-    experiment = train.Experiment(config, dataset)
-    state = experiment.initial_state()
-    keys, images, labels = experiment.place(
-      (train.seed_keys(config), dataset.train_images, dataset.train_labels)
-    )
-    base_epoch, base_state = baseline_epoch_fn(k, num_train)
-    base_images = jax.device_put(dataset.train_images)
-    epochs = max(1, _EPOCHS_PER_ROUND.value if k == 1 else _EPOCHS_PER_ROUND.value // 3)
-    # Compile both, then time interleaved rounds.
-    state, _ = experiment.train_chunk(state, keys, images, labels)
-    base_state = base_epoch(base_state, base_images, jax.random.key(0))
-    jax.block_until_ready((state, base_state))
-    lib_times, base_times, roofline = [], [], []
-    for r in range(_ROUNDS.value):
+  for batch_size in map(int, _BATCH_SIZES.value):
+    for k in map(int, _KS.value):
+      bench_training(dataset, k, batch_size)
+
+
+def iwae_or_elbo_config(k: int, **overrides):
+  """The default config with K samples: the ELBO with analytic KL at K=1, IWAE beyond."""
+  return train.build_config(
+    dict(objective="elbo" if k == 1 else "iwae", num_samples=k, analytic_kl=k == 1, **overrides)
+  )
+
+
+def bench_training(dataset, k: int, batch_size: int) -> None:
+  """The library's training epochs against the minimal loop's, interleaved round by round."""
+  num_train = dataset.train_images.shape[0]
+  config = iwae_or_elbo_config(k, batch_size=batch_size, dtype=_DTYPE.value)
+  experiment = train.Experiment(config, dataset)
+  state = experiment.initial_state()
+  keys, images, labels = experiment.train_inputs()
+  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train)
+  base_images = jax.device_put(dataset.train_images)
+  epochs = max(1, _EPOCHS_PER_ROUND.value if k == 1 else _EPOCHS_PER_ROUND.value // 3)
+  # Compile both, then time interleaved rounds.
+  state, _ = experiment.train_chunk(state, keys, images, labels)
+  base_state = base_epoch(base_state, base_images, jax.random.key(0))
+  jax.block_until_ready((state, base_state))
+  lib_times, base_times, roofline = [], [], []
+  for r in range(_ROUNDS.value):
+    start = time.perf_counter()
+    for _ in range(epochs):
+      experiment.copy_state(state)  # train_and_evaluate's copy of the last good state
+      state, _ = experiment.train_chunk(state, keys, images, labels)
+    jax.block_until_ready(state)
+    lib_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for e in range(epochs):
+      base_state = base_epoch(base_state, base_images, jax.random.key(r * epochs + e))
+    jax.block_until_ready(base_state)
+    base_times.append(time.perf_counter() - start)
+    roofline.append(matmul_gflops(repeats=3))
+  images_per_round = epochs * experiment.steps_per_epoch * batch_size
+  lib = images_per_round / np.median(lib_times)
+  base = images_per_round / np.median(base_times)
+  gflops = lib * train_flops_per_image(k) / 1e9
+  print(
+    f"batch {batch_size:<4d} K={k:<3d} {config.objective:5s} library ({config.dtype})"
+    f" {lib:9.0f} img/s | minimal loop {base:9.0f} img/s | ratio {lib / base:.3f}"
+    f" | {gflops:.0f} GFLOP/s = {gflops / np.median(roofline):.2f}"
+    f" of the matmul roofline ({np.median(roofline):.0f} GFLOP/s)"
+  )
+
+
+def bench_precision(dataset) -> None:
+  """IWAE K=50 in float32 and bfloat16 for the same number of epochs: speed and test ELBO.
+
+  Two seeds per dtype, to show the seed-to-seed spread beside the precision gap;
+  each bf16 model is also evaluated in float32, to separate the effect of bf16
+  training from that of bf16 evaluation.
+  """
+  if _DATA_DIR.value:
+    dataset = data.load("mnist", data_dir=_DATA_DIR.value)
+  evaluate32 = None
+  rates, elbos = {}, {}
+  for dtype in ("float32", "bfloat16"):
+    for seed in (0, 1):
+      config = iwae_or_elbo_config(50, dtype=dtype, seed=seed)
+      experiment = train.Experiment(config, dataset)
+      state = experiment.initial_state()
+      keys, images, labels = experiment.train_inputs()
+      test_x, test_labels = experiment.eval_inputs(dataset.test_images, dataset.test_labels)
+      train_chunk = experiment.train_chunk.lower(state, keys, images, labels).compile()
       start = time.perf_counter()
-      for _ in range(epochs):
-        jax.tree.map(np.array, state)  # train_and_evaluate's host copy of the last good state
-        state, _ = experiment.train_chunk(state, keys, images, labels)
+      for _ in range(_BUDGET_EPOCHS.value):
+        state, _ = train_chunk(state, keys, images, labels)
       jax.block_until_ready(state)
-      lib_times.append(time.perf_counter() - start)
-      start = time.perf_counter()
-      for e in range(epochs):
-        base_state = base_epoch(base_state, base_images, jax.random.key(r * epochs + e))
-      jax.block_until_ready(base_state)
-      base_times.append(time.perf_counter() - start)
-      roofline.append(matmul_gflops(repeats=3))
-    images_per_round = epochs * experiment.steps_per_epoch * BATCH
-    lib = images_per_round / np.median(lib_times)
-    base = images_per_round / np.median(base_times)
-    gflops = lib * train_flops_per_image(k) / 1e9
-    print(
-      f"K={k:<3d} {config.objective:5s} library ({config.dtype}) {lib:9.0f} img/s"
-      f" | minimal loop {base:9.0f} img/s"
-      f" | ratio {lib / base:.3f} | {gflops:.0f} GFLOP/s = {gflops / np.median(roofline):.2f}"
-      f" of the matmul roofline ({np.median(roofline):.0f} GFLOP/s)"
-    )
+      seconds = time.perf_counter() - start
+      evaluate32 = evaluate32 or experiment.evaluate  # the first experiment is float32
+      elbo = float(experiment.evaluate(state["params"], test_x, test_labels)["elbo"][0])
+      elbo32 = float(evaluate32(state["params"], test_x, test_labels)["elbo"][0])
+      rate = _BUDGET_EPOCHS.value * experiment.steps_per_epoch * config.batch_size / seconds
+      rates.setdefault(dtype, []).append(rate)
+      elbos.setdefault(dtype, []).append(elbo)
+      print(
+        f"{dtype:8s} seed {seed}: IWAE K=50, {_BUDGET_EPOCHS.value} epochs of"
+        f" {experiment.num_train} images: {rate:6.0f} img/s, {seconds:.0f} s,"
+        f" test ELBO {elbo:.2f} (evaluated in float32: {elbo32:.2f})"
+      )
+  speed = np.mean(rates["bfloat16"]) / np.mean(rates["float32"])
+  gap = np.mean(elbos["bfloat16"]) - np.mean(elbos["float32"])
+  spread = abs(elbos["float32"][1] - elbos["float32"][0])
+  print(
+    f"bfloat16 / float32: speed {speed:.2f}x, mean test ELBO difference {gap:+.2f} nats"
+    f" (float32 seed 0 vs seed 1: {spread:.2f} nats) on {jax.devices()[0].device_kind}"
+  )
 
 
 if __name__ == "__main__":

@@ -74,3 +74,10 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
     [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600
   )
+
+
+def start_python(*args: str) -> subprocess.Popen:
+  """run_python without waiting: for processes that must run side by side."""
+  return subprocess.Popen(
+    [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )

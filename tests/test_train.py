@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import socket
+import sys
 
 import helpers
 import jax
@@ -15,8 +17,7 @@ import vae_jax
 from vae_jax import checkpoints, data, models, train
 
 
-@pytest.fixture(scope="module")
-def small_dataset():
+def make_small_dataset():
   """400 train / 100 test digits of the embedded MNIST: fast, and real."""
   full = data.load_mnist_5k()
   pick_train, pick_test = np.arange(0, 4000, 10), np.arange(0, 1000, 10)
@@ -25,6 +26,11 @@ def small_dataset():
     (full.test_images[pick_test], full.test_labels[pick_test]),
     num_classes=10,
   )
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+  return make_small_dataset()
 
 
 def tiny_config(**overrides):
@@ -158,9 +164,7 @@ def test_golden_one_step(small_dataset):
   state = experiment.initial_state()
   state, step_metrics = experiment.train_chunk(
     state,
-    *experiment.place(
-      (train.seed_keys(experiment.config), small_dataset.train_images, small_dataset.train_labels)
-    ),
+    *experiment.train_inputs(),
   )
   got = [float(step_metrics["objective"][0, 0]), float(step_metrics["gradient_norm"][0, 0])]
   np.testing.assert_allclose(
@@ -179,9 +183,7 @@ def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
     initial = jax.tree.map(np.array, state)  # train_chunk donates state
     new_state, step_metrics = experiment.train_chunk(
       state,
-      *experiment.place(
-        (train.seed_keys(experiment.config), small_dataset.train_images, small_dataset.train_labels)
-      ),
+      *experiment.train_inputs(),
     )
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new_state["params"]))
     moves = jax.tree.map(lambda new, old: new - old, new_state["params"], initial["params"])
@@ -202,10 +204,8 @@ def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
 GOLDEN_OBJECTIVE_AND_GRADIENT_NORM = [-576.6083374023438, 58.57913589477539]
 
 
-def _run_chunks(experiment, state, dataset, num_calls):
-  keys, images, labels = experiment.place(
-    (train.seed_keys(experiment.config), dataset.train_images, dataset.train_labels)
-  )
+def _run_chunks(experiment, state, num_calls):
+  keys, images, labels = experiment.train_inputs()
   for _ in range(num_calls):
     state, _ = experiment.train_chunk(state, keys, images, labels)
   return state
@@ -213,10 +213,10 @@ def _run_chunks(experiment, state, dataset, num_calls):
 
 def test_vmapped_seeds_equal_separate_runs(small_dataset):
   together = train.Experiment(tiny_config(num_seeds=2, seed=5), small_dataset)
-  state = _run_chunks(together, together.initial_state(), small_dataset, 3)
+  state = _run_chunks(together, together.initial_state(), 3)
   for i in range(2):
     alone = train.Experiment(tiny_config(num_seeds=1, seed=5 + i), small_dataset)
-    separate = _run_chunks(alone, alone.initial_state(), small_dataset, 3)
+    separate = _run_chunks(alone, alone.initial_state(), 3)
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a[i], b[0], rtol=2e-5, atol=2e-6),
       state["params"],
@@ -229,57 +229,134 @@ import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-from test_train import sharded_training_run
+from test_train import sharded_training_run, tiny_config
+from vae_jax import data, train
 assert jax.device_count() == 8
-params, all_reduces = sharded_training_run()
-np.save(sys.argv[1], params)
-print("all-reduces", all_reduces)
+results = {}
+for num_seeds in (1, 2):
+  params, all_reduces, mesh_shape = sharded_training_run(num_seeds)
+  results[f"params_{num_seeds}"] = params
+  print(f"seeds {num_seeds}: mesh {mesh_shape}, all-reduces {all_reduces}")
+np.savez(sys.argv[1], **results)
+try:
+  train.Experiment(tiny_config(batch_size=50), data.load_mnist_5k())
+except ValueError as error:
+  print(error)
 """
 
 
-def sharded_training_run():
-  """10 IWAE steps with a global batch of 80: the flattened parameters, and the number of
-  all-reduces in the compiled step."""
+def sharded_training_run(num_seeds):
+  """10 IWAE steps with a global batch of 80 per seed: the flattened parameters (all seeds),
+  the number of all-reduces in the compiled step and the mesh shape."""
   full = data.load_mnist_5k()
   dataset = data.make_dataset(
-    (full.train_images[:800], full.train_labels[:800]),
+    (full.train_images[:801], full.train_labels[:801]),  # 801: the rows need padding on 8
     (full.test_images[:80], full.test_labels[:80]),
     num_classes=10,
   )
-  config = tiny_config(batch_size=80, steps_per_call=5, objective="iwae", num_samples=3)
+  config = tiny_config(
+    batch_size=80, steps_per_call=5, objective="iwae", num_samples=3, num_seeds=num_seeds
+  )
   experiment = train.Experiment(config, dataset)
   state = experiment.initial_state()
-  args = experiment.place((train.seed_keys(config), dataset.train_images, dataset.train_labels))
+  args = experiment.train_inputs()
   compiled = experiment.train_chunk.lower(state, *args).compile().as_text()
   for _ in range(2):
     state, _ = experiment.train_chunk(state, *args)
   leaves = jax.tree.leaves(jax.device_get(state["params"]))
-  return np.concatenate([np.ravel(leaf) for leaf in leaves]), compiled.count("all-reduce")
+  params = np.concatenate([np.ravel(leaf) for leaf in leaves])
+  return params, compiled.count("all-reduce"), dict(experiment.mesh.shape)
 
 
-def test_data_parallel_training_over_eight_devices_equals_one_device(tmp_path):
-  out = str(tmp_path / "params.npy")
+def test_sharded_training_over_eight_devices_equals_one_device(tmp_path):
+  """Data parallelism (1 seed: batch split 8 ways) and seeds x data (2 seeds on a 2 x 4
+  mesh) give the parameters of a one-device run; an indivisible batch is refused."""
+  out = str(tmp_path / "params.npz")
   result = helpers.run_python("-c", SHARDED_TRAINING, out)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "seeds 1: mesh {'seeds': 1, 'data': 8}" in result.stdout
+  assert "seeds 2: mesh {'seeds': 2, 'data': 4}" in result.stdout
   assert "all-reduces 0" not in result.stdout  # the gradients really are summed over devices
-  one_device, all_reduces = sharded_training_run()
-  assert all_reduces == 0
-  np.testing.assert_allclose(np.load(out), one_device, rtol=1e-5, atol=1e-5)
+  assert "batch_size=50 must be divisible by the 8 devices that share each batch" in result.stdout
+  sharded = np.load(out)
+  for num_seeds in (1, 2):
+    one_device, all_reduces, mesh_shape = sharded_training_run(num_seeds)
+    assert all_reduces == 0 and mesh_shape == {"seeds": 1, "data": 1}
+    np.testing.assert_allclose(sharded[f"params_{num_seeds}"], one_device, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_not_divisible_by_devices_is_refused(small_dataset, monkeypatch):
-  monkeypatch.setattr(jax, "device_count", lambda: 8)
-  with pytest.raises(ValueError, match="batch_size=50 must be divisible by the 8 devices"):
-    train.Experiment(tiny_config(), small_dataset)
+MULTI_PROCESS_TRAINING = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from test_train import make_small_dataset, multi_process_config
+from vae_jax import train
+process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+config = multi_process_config(
+  distributed=True,
+  coordinator_address=f"localhost:{port}",
+  num_processes=2,
+  process_id=process_id,
+)
+train.train_and_evaluate(config, workdir, dataset=make_small_dataset())
+import jax
+print(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
+"""
+
+
+def multi_process_config(**overrides):
+  """2 seeds: on 2 processes x 2 devices each seed's state lives on one process only."""
+  return tiny_config(num_seeds=2, eval_num_samples=10, eval_iwae_samples=(1, 2), **overrides)
+
+
+@pytest.mark.skipif(
+  sys.platform == "win32", reason="jaxlib has no CPU collectives across processes on Windows"
+)
+def test_two_processes_train_like_one(small_dataset, tmp_path):
+  """jax.distributed on localhost: 2 processes x 2 CPU devices train, checkpoint once per
+  epoch, write metrics and the summary once, and end with the parameters of a 1-device run."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = str(s.getsockname()[1])
+  workdir = str(tmp_path / "two_processes")
+  processes = [
+    helpers.start_python("-c", MULTI_PROCESS_TRAINING, str(i), port, workdir) for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (_, stderr) in zip(processes, outputs):
+    assert p.returncode == 0, stderr[-3000:]
+  assert "process 0 of 2, 4 devices" in outputs[0][0]
+  assert "process 1 of 2, 4 devices" in outputs[1][0]
+
+  reference = str(tmp_path / "one_process")
+  summary = train.train_and_evaluate(multi_process_config(), reference, dataset=small_dataset)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "8"]
+  # Restored through the current (1-device) experiment's shardings, as a resume would.
+  abstract_state = train.Experiment(multi_process_config(), small_dataset).abstract_state()
+  two, one = [
+    checkpoints.Checkpointer(w, max_to_keep=3).restore(abstract_state) for w in (workdir, reference)
+  ]
+  # Summation order differs; Adam's normalized step turns that into ~1e-5 on weights whose
+  # gradients are near zero. A wrong batch or seed would differ by many steps of lr = 1e-3.
+  for a, b in zip(jax.tree.leaves(two["params"]), jax.tree.leaves(one["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in records] == [1, 2]  # written by process 0 alone
+  summary_two = json.load(open(os.path.join(workdir, "summary.json")))
+  assert "x 4" in summary_two["device"]
+  np.testing.assert_allclose(
+    summary_two["test_log_likelihood"], summary["test_log_likelihood"], rtol=1e-4
+  )
+  assert os.path.exists(os.path.join(workdir, "samples.png"))
 
 
 def test_no_retracing_across_epochs_and_after_restore(small_dataset, tmp_path):
   experiment = train.Experiment(tiny_config(steps_per_call=4), small_dataset)
-  state = _run_chunks(experiment, experiment.initial_state(), small_dataset, 5)  # crosses epochs
+  state = _run_chunks(experiment, experiment.initial_state(), 5)  # crosses epochs
   checkpointer = checkpoints.Checkpointer(str(tmp_path), max_to_keep=1)
   checkpointer.save(5, state)
   state = checkpointer.restore(experiment.abstract_state())
-  _run_chunks(experiment, state, small_dataset, 2)
+  _run_chunks(experiment, state, 2)
   checkpointer.close()
   assert experiment.train_chunk._cache_size() == 1
 
