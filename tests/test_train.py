@@ -172,6 +172,24 @@ def test_golden_one_step(small_dataset):
   )
 
 
+def test_gradient_norm_is_that_of_each_calls_last_step(small_dataset):
+  """One call of 4 steps reports the fourth step's gradient norm (0 before it), the same
+  as 4 calls of 1 step; the epoch record averages the calls' last steps."""
+  norms = {}
+  for steps_per_call, calls in ((4, 1), (1, 4)):
+    experiment = train.Experiment(tiny_config(steps_per_call=steps_per_call), small_dataset)
+    state, inputs = experiment.initial_state(), experiment.train_inputs()
+    for _ in range(calls):
+      state, step_metrics = experiment.train_chunk(state, *inputs)
+    norms[steps_per_call] = step_metrics["gradient_norm"][0]
+  np.testing.assert_array_equal(norms[4][:3], 0.0)
+  assert norms[4][3] > 0
+  np.testing.assert_allclose(norms[4][3], norms[1][0], rtol=1e-5)
+  calls = [{"gradient_norm": np.array([[0.0, 2.0]]), "objective": np.array([[1.0, 3.0]])}] * 2
+  means = train._epoch_means(calls)
+  assert means["gradient_norm"][0] == 2.0 and means["objective"][0] == 2.0
+
+
 def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
   """bf16 matmuls with float32 parameters and log-densities: one step, the same inputs."""
   results = {}
