@@ -4,6 +4,7 @@
   python scripts/bench.py --ks=1,5,50 --batch_sizes=20,100,500 --rounds=3   # a table
   python scripts/bench.py --dtype=bfloat16 # the library in bf16 against the fp32 minimal loop
   python scripts/bench.py --mode=precision # bf16 vs fp32: IWAE K=50 speed and ELBO, same budget
+  python scripts/bench.py --mode=matmul    # the three products of a dense layer, fp32 vs bf16
   python scripts/bench.py --mode=eval      # IS-5000 log-likelihood of 10,000 test images
   python scripts/bench.py --mode=quality --data_dir=DIR   # time to test ELBO > -100, MNIST
 
@@ -40,6 +41,12 @@ in float32 and in bfloat16 (config.dtype), seeds 0 and 1 each, on the embedded
 digits (or full MNIST with --data_dir), and reports each run's images/s and
 final test ELBO (one sample, analytic KL) and IWAE-50 bound, both evaluated in
 float32, and the paired differences.
+
+--mode=matmul times, in float32 and in bfloat16 with float32 outputs, the three
+products of the K=50 decoder's last layer (h: [5000, 200], W: [200, 784]):
+the forward h·W, the input gradient g·Wᵀ, the weight gradient hᵀ·g with h
+transposed inside the jitted function, and the same with hᵀ passed in as an
+argument.
 """
 
 import time
@@ -60,7 +67,7 @@ _DTYPE = flags.DEFINE_enum(
   "dtype", "float32", ["float32", "bfloat16"], "config.dtype of the library's training loop."
 )
 _MODE = flags.DEFINE_enum(
-  "mode", "train", ["train", "eval", "quality", "precision"], "What to time."
+  "mode", "train", ["train", "eval", "quality", "precision", "matmul"], "What to time."
 )
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Batch sizes to measure (--mode=train).")
 _BUDGET_EPOCHS = flags.DEFINE_integer("budget_epochs", 20, "Epochs of each run (--mode=precision).")
@@ -232,6 +239,37 @@ def bench_time_to_quality() -> None:
   print(f"test ELBO {elbo:.2f} did not reach {_TARGET.value} in {_MAX_EPOCHS.value} epochs")
 
 
+def bench_matmul(repeats: int = 20) -> None:
+  """GFLOP/s of a dense layer's forward and backward products, float32 against bfloat16."""
+  rows, fan_in, fan_out = 50 * 100, HIDDEN[0], PIXELS  # K=50 samples x batch 100
+
+  def dot(a, b, contract):  # contracting axis `contract[0]` of a with `contract[1]` of b
+    dims = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+  products = {
+    "forward h.W": lambda h, w, g, h_t: dot(h, w, (1, 0)),
+    "input gradient g.W^T": lambda h, w, g, h_t: dot(g, w, (1, 1)),
+    "weight gradient h^T.g": lambda h, w, g, h_t: dot(h.T, g, (1, 0)),
+    "weight gradient, h^T passed in": lambda h, w, g, h_t: dot(h_t, g, (1, 0)),
+  }
+  for dtype in ("float32", "bfloat16"):
+    key_h, key_w, key_g = jax.random.split(jax.random.key(0), 3)
+    h = jax.random.normal(key_h, (rows, fan_in)).astype(dtype)
+    w = jax.random.normal(key_w, (fan_in, fan_out)).astype(dtype)
+    g = jax.random.normal(key_g, (rows, fan_out)).astype(dtype)
+    h_t = jnp.asarray(np.asarray(h.astype(jnp.float32)).T).astype(dtype)  # laid out transposed
+    for name, product in products.items():
+      fn = jax.jit(product)
+      fn(h, w, g, h_t).block_until_ready()
+      start = time.perf_counter()
+      for _ in range(repeats):
+        out = fn(h, w, g, h_t)
+      out.block_until_ready()
+      gflops = 2 * rows * fan_in * fan_out * repeats / (time.perf_counter() - start) / 1e9
+      print(f"{dtype:8s} {name:32s} {gflops:6.0f} GFLOP/s")
+
+
 def host_logsumexp(values: np.ndarray) -> float:
   top = values.max()
   return float(top + np.log(np.exp(values - top).sum()))
@@ -249,6 +287,9 @@ def main(argv):
     return
   if _MODE.value == "precision":
     bench_precision(dataset)
+    return
+  if _MODE.value == "matmul":
+    bench_matmul()
     return
   print(f"fp32 matmul roofline (2048x2048): {matmul_gflops():.0f} GFLOP/s")
   for batch_size in map(int, _BATCH_SIZES.value):
