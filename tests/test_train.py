@@ -190,6 +190,32 @@ def test_gradient_norm_is_that_of_each_calls_last_step(small_dataset):
   assert means["gradient_norm"][0] == 2.0 and means["objective"][0] == 2.0
 
 
+def test_bfloat16_networks_take_latent_samples_in_float32():
+  """1.5 and 1.5 + 1e-3 are the same bfloat16 number; the first layer of every network
+  that takes latent samples must still tell them apart (pixels need no such care)."""
+  bf16 = dict(dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  mlp_vae = models.VAE(image_shape=(28, 28, 1), latent_dim=4, hidden=(16,), **bf16)
+  conv_vae = models.VAE(
+    image_shape=(28, 28, 1), latent_dim=4, hidden=(16,), architecture="conv", **bf16
+  )
+  two_layer = models.TwoStochasticLayerVAE(
+    image_shape=(28, 28, 1), latent_dim=4, top_latent_dim=3, hidden=(16,), top_hidden=(8,), **bf16
+  )
+  assert jnp.bfloat16(1.5) == jnp.bfloat16(1.5 + 1e-3)
+  for first_layer, size in (
+    (mlp_vae.decoder.layers[0], 4),
+    (conv_vae.decoder.mlp.layers[0], 4),
+    (two_layer.p_x.layers[0], 4),
+    (two_layer.q_h2.layers[0], 4),
+    (two_layer.p_h1.layers[0], 3),
+  ):
+    z = jnp.full((1, size), 1.5)
+    assert np.all(np.asarray(first_layer(z) != first_layer(z + 1e-3)))
+  # ... and the rest computes in bfloat16.
+  h = jnp.full((1, 16), 1.5)
+  np.testing.assert_array_equal(mlp_vae.decoder.layers[1](h), mlp_vae.decoder.layers[1](h + 1e-3))
+
+
 def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
   """bf16 matmuls with float32 parameters and log-densities: one step, the same inputs."""
   results = {}

@@ -777,8 +777,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
   config.activation = "tanh"
   config.likelihood = "bernoulli"  # see vae_jax.models.LIKELIHOODS
-  # Precision of the networks' matmuls and activations; parameters, optimizer state and
-  # every log-density, KL and logsumexp stay float32.
+  # Precision of the networks' matmuls; parameters, optimizer state, every log-density,
+  # KL and logsumexp, and the first layer of networks that take latent samples stay float32.
   config.dtype = "float32"  # "float32" | "bfloat16"
   config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
   config.num_components = 10  # discretized logistic mixture components
