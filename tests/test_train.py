@@ -162,10 +162,7 @@ def test_golden_one_step(small_dataset):
   optimizer moves these numbers, check the change, then update them from the failure message."""
   experiment = train.Experiment(tiny_config(steps_per_call=1), small_dataset)
   state = experiment.initial_state()
-  state, step_metrics = experiment.train_chunk(
-    state,
-    *experiment.train_inputs(),
-  )
+  state, step_metrics = experiment.train_chunk(state, *experiment.train_inputs())
   got = [float(step_metrics["objective"][0, 0]), float(step_metrics["gradient_norm"][0, 0])]
   np.testing.assert_allclose(
     got, GOLDEN_OBJECTIVE_AND_GRADIENT_NORM, rtol=1e-4, err_msg=f"got {got}"
@@ -225,10 +222,7 @@ def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
     )
     state = experiment.initial_state()
     initial = jax.tree.map(np.array, state)  # train_chunk donates state
-    new_state, step_metrics = experiment.train_chunk(
-      state,
-      *experiment.train_inputs(),
-    )
+    new_state, step_metrics = experiment.train_chunk(state, *experiment.train_inputs())
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new_state["params"]))
     moves = jax.tree.map(lambda new, old: new - old, new_state["params"], initial["params"])
     results[dtype] = (float(step_metrics["objective"][0, 0]), moves)
