@@ -49,6 +49,8 @@ transposed inside the jitted function, and the same with hᵀ passed in as an
 argument.
 """
 
+import functools
+import re
 import time
 
 import jax
@@ -67,14 +69,22 @@ _DTYPE = flags.DEFINE_enum(
   "dtype", "float32", ["float32", "bfloat16"], "config.dtype of the library's training loop."
 )
 _MODE = flags.DEFINE_enum(
-  "mode", "train", ["train", "eval", "quality", "precision", "matmul"], "What to time."
+  "mode", "train", ["train", "eval", "quality", "precision", "matmul", "kernels"], "What to time."
 )
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Batch sizes to measure (--mode=train).")
 _BUDGET_EPOCHS = flags.DEFINE_integer("budget_epochs", 20, "Epochs of each run (--mode=precision).")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 10_000, "Test images for --mode=eval.")
 _LOOP_IMAGES = flags.DEFINE_integer("loop_images", 20, "Images the per-example loop times.")
+_EVAL_PRECISIONS = flags.DEFINE_list(
+  "eval_precisions", ["float32"], "Matmul precisions of --mode=eval (default, tensorfloat32, ...)."
+)
+_EVAL_SIZES = flags.DEFINE_list(
+  "eval_sizes", ["100x100"], "--mode=eval: images per batch x samples per chunk, each timed."
+)
 _EVAL_SAMPLES, _EVAL_CHUNK = 5000, 500
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir with mnist (--mode=quality).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "TFDS data_dir with mnist: train on full MNIST (default: embedded digits)."
+)
 _TARGET = flags.DEFINE_float("target", -100.0, "Test ELBO to reach (--mode=quality).")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 300, "Give up after this many epochs.")
 
@@ -158,8 +168,77 @@ def baseline_epoch_fn(k: int, batch_size: int, num_train: int):
   return jax.jit(epoch, donate_argnums=0), (params, tx.init(params))
 
 
+_NO_KERNEL = ("parameter", "constant", "get-tuple-element", "tuple", "bitcast", "opt-barrier")
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(")
+_CALLED = r"(?:to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)"
+
+
+def _computations(hlo_text: str) -> dict[str, list[tuple[str, str]]]:
+  """The optimized HLO module's computations: name -> [(opcode, instruction line)]."""
+  computations, current = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header:
+      current = computations.setdefault(header.group(1), [])
+    elif current is not None and (op := _INSTRUCTION.match(line)):
+      current.append((op.group(1), line))
+  return computations
+
+
+def _kernels(computations, name: str) -> int:
+  """Instructions that launch work (fusions, library calls, unfused ops), nested calls counted."""
+  count = 0
+  for op, line in computations[name]:
+    if op in ("call", "while", "conditional"):
+      called = re.findall(_CALLED, line) + re.findall(r"branch_computations=\{([^}]*)\}", line)
+      count += sum(_kernels(computations, c.strip(" %")) for c in ",".join(called).split(","))
+    elif op not in _NO_KERNEL:
+      count += 1
+  return count
+
+
+def scan_body_kernels(compiled) -> int:
+  """Kernels per training step: those of the largest while-loop body in a compiled program."""
+  computations = _computations(compiled.as_text())
+  bodies = [
+    re.search(r"body=%?([\w.\-]+)", line).group(1)
+    for instructions in computations.values()
+    for op, line in instructions
+    if op == "while"
+  ]
+  return max(_kernels(computations, body) for body in bodies)
+
+
+def step_kernels(dataset, k: int, batch_size: int) -> tuple[int, int]:
+  """Kernels per step of the library's compiled training call and of the minimal loop's."""
+  experiment = train.Experiment(iwae_or_elbo_config(k, batch_size=batch_size), dataset)
+  library = experiment.train_chunk.lower(
+    experiment.initial_state(), *experiment.train_inputs()
+  ).compile()
+  base_epoch, base_state = baseline_epoch_fn(k, batch_size, dataset.train_images.shape[0])
+  baseline = base_epoch.lower(
+    base_state, jax.device_put(dataset.train_images), jax.random.key(0)
+  ).compile()
+  return scan_body_kernels(library), scan_body_kernels(baseline)
+
+
+def bench_kernels(dataset) -> None:
+  for batch_size in map(int, _BATCH_SIZES.value):
+    for k in map(int, _KS.value):
+      library, baseline = step_kernels(dataset, k, batch_size)
+      print(
+        f"batch {batch_size:<4d} K={k:<3d} kernels per step:"
+        f" library {library}, minimal loop {baseline}"
+      )
+
+
+def eval_flops_per_sample() -> float:
+  """FLOPs of one importance sample: the decoder's dense layers, forward only."""
+  return 2 * (LATENT * HIDDEN[1] + HIDDEN[1] * HIDDEN[0] + HIDDEN[0] * PIXELS)
+
+
 def bench_evaluation(dataset) -> None:
-  """IS-5000 over a test set: vae_jax.evaluation against a per-example loop."""
+  """IS-5000 over a test set: vae_jax.evaluation at each precision, and a per-example loop."""
   config = train.build_config()
   experiment = train.Experiment(config, dataset)
   params = experiment.seed_params(experiment.initial_state()["params"], 0)
@@ -168,26 +247,46 @@ def bench_evaluation(dataset) -> None:
   images = np.concatenate([dataset.test_images] * reps)[: _EVAL_IMAGES.value]
   x = data.split_inputs(images, binarization="dynamic", integer_data=False)
   labels = jnp.zeros(len(images), jnp.int32)
+  evaluations = len(images) * _EVAL_SAMPLES
 
-  library = jax.jit(
-    lambda x, labels: evaluation.evaluate_examples_on_devices(
+  def log_likelihood(x, labels, batch_size, chunk_size):
+    return evaluation.evaluate_examples_on_devices(
       model,
       x,
       labels,
       jax.random.key(0),
-      batch_size=config.eval_batch_size,
+      batch_size=batch_size,
       num_samples=_EVAL_SAMPLES,
-      chunk_size=config.eval_chunk_size,
+      chunk_size=chunk_size,
       iwae_samples=(),
     )["log_likelihood"]
-  )
-  start = time.perf_counter()
-  library = library.lower(x, labels).compile()
-  compile_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  library(x, labels).block_until_ready()
-  library_seconds = time.perf_counter() - start
 
+  sizes = [tuple(map(int, pair.split("x"))) for pair in _EVAL_SIZES.value]
+  for precision in _EVAL_PRECISIONS.value:
+    with jax.default_matmul_precision(precision):
+      roofline = matmul_gflops()
+      for batch_size, chunk_size in sizes:
+        fn = functools.partial(log_likelihood, batch_size=batch_size, chunk_size=chunk_size)
+        fn = jax.jit(fn)
+        start = time.perf_counter()
+        fn = fn.lower(x, labels).compile()
+        compile_seconds = time.perf_counter() - start
+        seconds = []
+        for _ in range(3):
+          start = time.perf_counter()
+          log_px = fn(x, labels).block_until_ready()
+          seconds.append(time.perf_counter() - start)
+        library_seconds = float(np.median(seconds))
+        gflops = evaluations * eval_flops_per_sample() / library_seconds / 1e9
+        print(
+          f"IS-{_EVAL_SAMPLES} of {len(images)} images, Burda 1-layer, matmuls at {precision},"
+          f" batch {batch_size} x chunk {chunk_size}: {library_seconds:.3f} s"
+          f" ({evaluations / library_seconds:,.0f} image x sample/s, {gflops:,.0f} GFLOP/s ="
+          f" {gflops / roofline:.2f} of the {roofline:,.0f} GFLOP/s matmul roofline;"
+          f" compiling {compile_seconds:.0f} s) | mean log p(x) {float(jnp.mean(log_px)):.4f}"
+        )
+  if not _LOOP_IMAGES.value:
+    return
   # pythae's way: for each image, for each chunk, one jitted call on the repeated image.
   encode, log_likelihood = model.callables()
   chunk_log_w = jax.jit(
@@ -202,14 +301,10 @@ def bench_evaluation(dataset) -> None:
     ]
     host_logsumexp(np.concatenate(log_w)[:, 0])
   loop_seconds = (time.perf_counter() - start) / _LOOP_IMAGES.value * len(images)
-
-  evaluations = len(images) * _EVAL_SAMPLES
   print(
-    f"IS-{_EVAL_SAMPLES} of {len(images)} images, Burda 1-layer, {jax.device_count()} device(s):"
-    f" vae_jax {library_seconds:.0f} s ({evaluations / library_seconds:,.0f} image x sample/s;"
-    f" compiling {compile_seconds:.0f} s, not counted) | per-example loop"
-    f" {loop_seconds:.0f} s extrapolated from {_LOOP_IMAGES.value} images"
-    f" ({evaluations / loop_seconds:,.0f}/s) | speed-up {loop_seconds / library_seconds:.1f}x"
+    f"per-example loop: {loop_seconds:.0f} s extrapolated from {_LOOP_IMAGES.value} images"
+    f" ({evaluations / loop_seconds:,.0f} image x sample/s), {loop_seconds / library_seconds:.0f}x"
+    " the time of the last setting above"
   )
 
 
@@ -277,9 +372,16 @@ def host_logsumexp(values: np.ndarray) -> float:
 
 def main(argv):
   del argv
-  dataset = data.load_mnist_5k()
-  print(f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
+  if _DATA_DIR.value:
+    dataset = data.load("mnist", data_dir=_DATA_DIR.value)
+  else:
+    dataset = data.load_mnist_5k()
+  print(
+    f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s);"
+    f" {len(dataset.train_images)} training images"
+  )
   other_modes = {
+    "kernels": lambda: bench_kernels(dataset),
     "eval": lambda: bench_evaluation(dataset),
     "quality": bench_time_to_quality,
     "precision": lambda: bench_precision(dataset),
@@ -349,8 +451,6 @@ def bench_precision(dataset) -> None:
   evaluation): the test ELBO (one sample, analytic KL) and the IWAE-50 bound
   that the runs maximize.
   """
-  if _DATA_DIR.value:
-    dataset = data.load("mnist", data_dir=_DATA_DIR.value)
   # The library's per-example evaluation, with 50 samples for the IWAE-50 bound.
   evaluator = train.Experiment(
     iwae_or_elbo_config(50, eval_num_samples=50, eval_chunk_size=50, eval_iwae_samples=(50,)),

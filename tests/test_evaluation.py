@@ -133,6 +133,7 @@ def test_manifold_walks_the_gaussian_quantiles(small_models):
 EIGHT_DEVICES = textwrap.dedent(
   """
   import os
+  os.environ["JAX_PLATFORMS"] = "cpu"  # 8 simulated CPU devices, also on a GPU machine
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   import jax, jax.numpy as jnp, numpy as np
   from flax import nnx

@@ -163,28 +163,47 @@ def test_golden_one_step(small_dataset):
   experiment = train.Experiment(tiny_config(steps_per_call=1), small_dataset)
   state = experiment.initial_state()
   state, step_metrics = experiment.train_chunk(state, *experiment.train_inputs())
-  got = [float(step_metrics["objective"][0, 0]), float(step_metrics["gradient_norm"][0, 0])]
+  got = [float(step_metrics["objective"][0]), float(step_metrics["gradient_norm"][0])]
   np.testing.assert_allclose(
     got, GOLDEN_OBJECTIVE_AND_GRADIENT_NORM, rtol=1e-4, err_msg=f"got {got}"
   )
 
 
-def test_gradient_norm_is_that_of_each_calls_last_step(small_dataset):
-  """One call of 4 steps reports the fourth step's gradient norm (0 before it), the same
-  as 4 calls of 1 step; the epoch record averages the calls' last steps."""
-  norms = {}
-  for steps_per_call, calls in ((4, 1), (1, 4)):
+def test_a_call_reports_its_mean_metrics_and_its_last_gradient_norm(small_dataset):
+  """One call of 4 steps reports the mean of the 4 steps' metrics and the fourth step's
+  gradient norm: the same as 4 calls of 1 step, and as the per-step diagnosis."""
+  calls = {}
+  for steps_per_call, num_calls in ((4, 1), (1, 4)):
     experiment = train.Experiment(tiny_config(steps_per_call=steps_per_call), small_dataset)
     state, inputs = experiment.initial_state(), experiment.train_inputs()
-    for _ in range(calls):
-      state, step_metrics = experiment.train_chunk(state, *inputs)
-    norms[steps_per_call] = step_metrics["gradient_norm"][0]
-  np.testing.assert_array_equal(norms[4][:3], 0.0)
-  assert norms[4][3] > 0
-  np.testing.assert_allclose(norms[4][3], norms[1][0], rtol=1e-5)
-  calls = [{"gradient_norm": np.array([[0.0, 2.0]]), "objective": np.array([[1.0, 3.0]])}] * 2
-  means = train._epoch_means(calls)
-  assert means["gradient_norm"][0] == 2.0 and means["objective"][0] == 2.0
+    if steps_per_call == 4:
+      _, per_step = experiment.trace_chunk(state, *inputs)
+    calls[steps_per_call] = []
+    for _ in range(num_calls):
+      state, call_metrics = experiment.train_chunk(state, *inputs)
+      calls[steps_per_call].append(jax.device_get(call_metrics))
+  (four,), ones = calls[4], calls[1]
+  for name in ("objective", "elbo", "kl"):
+    np.testing.assert_allclose(four[name], np.mean([m[name] for m in ones], 0), rtol=1e-5)
+    np.testing.assert_allclose(four[name], np.mean(per_step[name], 1), rtol=1e-5)
+  np.testing.assert_allclose(four["gradient_norm"], ones[3]["gradient_norm"], rtol=1e-5)
+  np.testing.assert_allclose(four["gradient_norm"], per_step["gradient_norm"][:, 3], rtol=1e-5)
+  assert np.all(np.diff(per_step["gradient_norm"][0]) != 0)  # four different steps
+
+
+@pytest.mark.parametrize("num_samples", [1, 50])
+def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_samples):
+  """Per-step overhead (stacked metrics, a lax.cond that the GPU compiler if-converts,
+  extra reductions) shows up as kernels in the compiled scan body: at Burda et al.'s
+  batch of 20 a GPU step is launch-bound, so each one costs time. Compiled for the
+  current backend (CPU, or the GPU where there is one) beside scripts/bench.py's
+  minimal loop of the same model."""
+  sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
+  import bench
+
+  with jax.numpy_rank_promotion("allow"):  # the minimal loop broadcasts its biases implicitly
+    library, minimal = bench.step_kernels(data.load_mnist_5k(), num_samples, batch_size=20)
+  assert library <= minimal, f"{library} kernels per step; the minimal loop has {minimal}"
 
 
 def test_bfloat16_networks_take_latent_samples_in_float32():
@@ -225,7 +244,7 @@ def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
     new_state, step_metrics = experiment.train_chunk(state, *experiment.train_inputs())
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new_state["params"]))
     moves = jax.tree.map(lambda new, old: new - old, new_state["params"], initial["params"])
-    results[dtype] = (float(step_metrics["objective"][0, 0]), moves)
+    results[dtype] = (float(step_metrics["objective"][0]), moves)
   (objective32, moves32), (objective16, moves16) = results["float32"], results["bfloat16"]
   assert np.isfinite(objective16)
   # bf16 keeps 8 bits of mantissa: the objective (~550 nats) agrees to 0.2%.
@@ -264,12 +283,13 @@ def test_vmapped_seeds_equal_separate_runs(small_dataset):
 
 SHARDED_TRAINING = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"  # simulated CPU devices, also on a GPU machine
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[2]}"
 import jax, numpy as np
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 from test_train import sharded_training_run, tiny_config
 from vae_jax import data, train
-assert jax.device_count() == 8
+assert jax.device_count() == int(sys.argv[2])
 results = {}
 for num_seeds in (1, 2):
   params, all_reduces, mesh_shape = sharded_training_run(num_seeds)
@@ -308,35 +328,43 @@ def sharded_training_run(num_seeds):
 
 def test_sharded_training_over_eight_devices_equals_one_device(tmp_path):
   """Data parallelism (1 seed: batch split 8 ways) and seeds x data (2 seeds on a 2 x 4
-  mesh) give the parameters of a one-device run; an indivisible batch is refused."""
-  out = str(tmp_path / "params.npz")
-  result = helpers.run_python("-c", SHARDED_TRAINING, out)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "seeds 1: mesh {'seeds': 1, 'data': 8}" in result.stdout
-  assert "seeds 2: mesh {'seeds': 2, 'data': 4}" in result.stdout
-  assert "all-reduces 0" not in result.stdout  # the gradients really are summed over devices
-  assert "batch_size=50 must be divisible by the 8 devices that share each batch" in result.stdout
-  sharded = np.load(out)
+  mesh) give the parameters of a one-device run; an indivisible batch is refused.
+  Both run on CPU devices, so that on a GPU machine too they compare like with like."""
+  results = {}
+  for devices in (8, 1):
+    out = str(tmp_path / f"params_{devices}.npz")
+    result = helpers.run_python("-c", SHARDED_TRAINING, out, str(devices))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results[devices] = (result.stdout, np.load(out))
+  stdout, sharded = results[8]
+  assert "seeds 1: mesh {'seeds': 1, 'data': 8}" in stdout
+  assert "seeds 2: mesh {'seeds': 2, 'data': 4}" in stdout
+  assert "all-reduces 0" not in stdout  # the gradients really are summed over devices
+  assert "batch_size=50 must be divisible by the 8 devices that share each batch" in stdout
+  stdout, one_device = results[1]
+  assert "seeds 2: mesh {'seeds': 1, 'data': 1}, all-reduces 0" in stdout
   for num_seeds in (1, 2):
-    one_device, all_reduces, mesh_shape = sharded_training_run(num_seeds)
-    assert all_reduces == 0 and mesh_shape == {"seeds": 1, "data": 1}
-    np.testing.assert_allclose(sharded[f"params_{num_seeds}"], one_device, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      sharded[f"params_{num_seeds}"], one_device[f"params_{num_seeds}"], rtol=1e-5, atol=1e-5
+    )
 
 
 MULTI_PROCESS_TRAINING = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ["JAX_PLATFORMS"] = "cpu"  # simulated CPU devices, also on a GPU machine
+devices = 1 if port == "alone" else 2  # the reference: one process, one device
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 from test_train import make_small_dataset, multi_process_config
 from vae_jax import train
-process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-config = multi_process_config(
+distributed = {} if port == "alone" else dict(
   distributed=True,
   coordinator_address=f"localhost:{port}",
   num_processes=2,
   process_id=process_id,
 )
-train.train_and_evaluate(config, workdir, dataset=make_small_dataset())
+train.train_and_evaluate(multi_process_config(**distributed), workdir, dataset=make_small_dataset())
 import jax
 print(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
 """
@@ -367,7 +395,9 @@ def test_two_processes_train_like_one(small_dataset, tmp_path):
   assert "process 1 of 2, 4 devices" in outputs[1][0]
 
   reference = str(tmp_path / "one_process")
-  summary = train.train_and_evaluate(multi_process_config(), reference, dataset=small_dataset)
+  alone = helpers.run_python("-c", MULTI_PROCESS_TRAINING, "0", "alone", reference)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  summary = json.load(open(os.path.join(reference, "summary.json")))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "8"]
   # Restored through the current (1-device) experiment's shardings, as a resume would.
   abstract_state = train.Experiment(multi_process_config(), small_dataset).abstract_state()

@@ -98,21 +98,36 @@ def _check_estimator(estimator: str, allowed: tuple[str, ...], objective: str) -
     )
 
 
+class _PosteriorSamples(NamedTuple):
+  z: jax.Array  # [K, batch, latent]
+  eps: jax.Array  # the standard normal noise z was made from, [K, batch, latent]
+  mean: jax.Array  # of q(z|x), [batch, latent]
+  logvar: jax.Array  # of q(z|x), [batch, latent]
+
+
 def _sample_posterior(
   key: jax.Array, x: jax.Array, encode: Encoder, num_samples: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Encodes x and draws K reparameterized z: (z [K, batch, latent], mean, logvar)."""
+) -> _PosteriorSamples:
+  """Encodes x and draws K reparameterized z = mean + exp(logvar / 2) * eps."""
   distributions.check_num_samples(num_samples)
   mean, logvar = _encode(encode, x)
-  return distributions.reparameterize(key, mean, logvar, num_samples), mean, logvar
+  eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
+  return _PosteriorSamples(mean[None] + jnp.exp(0.5 * logvar)[None] * eps, eps, mean, logvar)
 
 
-def _log_prior_minus_log_q(z_KxBxZ: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
-  """log p(z_k) - log q(z_k|x) with p = N(0, I): [K, batch]."""
-  zero = jnp.zeros((), z_KxBxZ.dtype)
-  return distributions.log_normal(z_KxBxZ, zero, zero) - distributions.log_normal(
-    z_KxBxZ, mean[None], logvar[None]
-  )
+def _log_prior_minus_log_q(
+  z_KxBxZ: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array | None = None
+) -> jax.Array:
+  """log p(z_k) - log q(z_k|x) with p = N(0, I), for q's own samples z_k: [K, batch].
+
+  (z - mean)^2 / exp(logvar) is eps^2: given eps, log q needs no division (and stays
+  finite for any logvar), and its gradient is exact, since z - mean = exp(logvar / 2)
+  eps for every parameter value. Without eps (STL, DReG: q's parameters held constant,
+  gradients along z only), the standardized z is recomputed from z.
+  """
+  if eps is None:
+    eps = (z_KxBxZ - mean[None]) * jnp.exp(-0.5 * logvar)[None]
+  return -0.5 * jnp.sum(jnp.square(z_KxBxZ) - jnp.square(eps) - logvar[None], axis=-1)
 
 
 def log_weights(
@@ -135,9 +150,9 @@ def log_weights(
     Log-weights, [K, batch].
   """
   x = jnp.asarray(x)
-  z, mean, logvar = _sample_posterior(key, x, encode, num_samples)
-  return _log_likelihood_over_samples(log_likelihood, x, z) + _log_prior_minus_log_q(
-    z, mean, logvar
+  q = _sample_posterior(key, x, encode, num_samples)
+  return _log_likelihood_over_samples(log_likelihood, x, q.z) + _log_prior_minus_log_q(
+    q.z, q.mean, q.logvar, q.eps
   )
 
 
@@ -187,15 +202,16 @@ def elbo_terms(
       "term of a sampled log q(z|x), and the analytic KL has no such term."
     )
   x = jnp.asarray(x)
-  z, mean, logvar = _sample_posterior(key, x, encode, num_samples)
-  reconstruction = jnp.mean(_log_likelihood_over_samples(log_likelihood, x, z), axis=0)
-  kl_per_dimension = distributions.kl_normal_std_per_dimension(mean, logvar)
+  q = _sample_posterior(key, x, encode, num_samples)
+  reconstruction = jnp.mean(_log_likelihood_over_samples(log_likelihood, x, q.z), axis=0)
+  kl_per_dimension = distributions.kl_normal_std_per_dimension(q.mean, q.logvar)
   if analytic_kl:
     kl = jnp.sum(kl_per_dimension, axis=-1)
+  elif estimator == "stl":
+    mean, logvar = jax.lax.stop_gradient((q.mean, q.logvar))
+    kl = -jnp.mean(_log_prior_minus_log_q(q.z, mean, logvar), axis=0)
   else:
-    if estimator == "stl":
-      mean, logvar = jax.lax.stop_gradient((mean, logvar))
-    kl = -jnp.mean(_log_prior_minus_log_q(z, mean, logvar), axis=0)
+    kl = -jnp.mean(_log_prior_minus_log_q(q.z, q.mean, q.logvar, q.eps), axis=0)
   return ElboTerms(reconstruction, kl, kl_per_dimension)
 
 
@@ -297,10 +313,15 @@ def iwae(
   """
   _check_estimator(estimator, ESTIMATORS, "the IWAE bound")
   x = jnp.asarray(x)
-  z, mean, logvar = _sample_posterior(key, x, encode, num_samples)
-  if estimator in ("stl", "dreg"):
-    # log q(z|x) sees q's parameters as constants: its gradient flows along z only.
-    mean, logvar = jax.lax.stop_gradient((mean, logvar))
+  q = _sample_posterior(key, x, encode, num_samples)
+  z = q.z
+  if estimator == "reparam":
+    return iwae_bound(
+      _log_likelihood_over_samples(log_likelihood, x, z)
+      + _log_prior_minus_log_q(z, q.mean, q.logvar, q.eps)
+    )
+  # log q(z|x) sees q's parameters as constants: its gradient flows along z only.
+  mean, logvar = jax.lax.stop_gradient((q.mean, q.logvar))
 
   def log_weights_at(z_KxBxZ):
     return _log_likelihood_over_samples(log_likelihood, x, z_KxBxZ) + _log_prior_minus_log_q(

@@ -16,6 +16,8 @@ FloatingPointError names the first bad step and the term.
 keeping the call's input alive, cost 6-7% of training speed on CPU.)
 """
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -36,6 +38,7 @@ from vae_jax import checkpoints, data, evaluation, metrics, models, objectives, 
 
 OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "cosine", "burda")
+MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -117,6 +120,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config.dtype in ("float32", "bfloat16"),
     f"dtype={config.dtype!r}; choose 'float32' or 'bfloat16'.",
   )
+  for name in ("matmul_precision", "eval_matmul_precision"):
+    check(
+      config[name] in MATMUL_PRECISIONS,
+      f"{name}={config[name]!r}; choose one of {MATMUL_PRECISIONS}.",
+    )
   check(
     config.stochastic_layers in (1, 2),
     f"stochastic_layers={config.stochastic_layers}; choose 1 or 2.",
@@ -179,11 +187,11 @@ def make_model(
 
 def learning_rate_schedule(
   config: ml_collections.ConfigDict, steps_per_epoch: int
-) -> optax.Schedule:
+) -> optax.ScalarOrSchedule:
   """Constant, cosine decay, or Burda et al. 2015's: 3^i epochs at lr * 10^(-i/7), i = 0..7."""
   total_steps = config.num_epochs * steps_per_epoch
   if config.lr_schedule == "constant":
-    return optax.constant_schedule(config.learning_rate)
+    return config.learning_rate  # a number: no schedule counter to update at every step
   if config.lr_schedule == "cosine":
     return optax.cosine_decay_schedule(config.learning_rate, total_steps)
   boundaries = np.cumsum([3**i for i in range(7)]) * steps_per_epoch
@@ -213,6 +221,13 @@ def _purpose_keys(seed_key):
   return {
     name: jax.random.fold_in(seed_key, i) for i, name in enumerate(("init", "shuffle", "step"))
   }
+
+
+def _matmul_precision(name: str):
+  """A context for tracing float32 matmuls at `name`; "default" leaves JAX's setting."""
+  if name == "default":
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(name)
 
 
 class Experiment:
@@ -261,6 +276,10 @@ class Experiment:
     # process of a multi-host run holds all of them.
     self.train_chunk = jax.jit(
       self._train_chunk, donate_argnums=0, out_shardings=(self.state_sharding, self.sharding)
+    )
+    self.trace_chunk = jax.jit(
+      functools.partial(self._train_chunk, per_step=True),
+      out_shardings=(self.state_sharding, self.sharding),
     )
     self.evaluate = jax.jit(self._evaluate, out_shardings=self.sharding)
     self.evaluate_examples = jax.jit(self._evaluate_examples, out_shardings=self.sharding)
@@ -347,16 +366,16 @@ class Experiment:
       )
       beta = config.beta * objectives.kl_warmup(step, self.warmup_steps)
       value = objectives.weighted_elbo(terms, beta=beta, free_bits=config.free_bits)
-      aux = {
-        "elbo": jnp.mean(terms.reconstruction - terms.kl),
-        "reconstruction": jnp.mean(terms.reconstruction),
-        "kl": jnp.mean(terms.kl),
-      }
+      # One reduction for the loss and the metrics: each would be a kernel of its own.
+      objective, reconstruction, kl = jnp.mean(
+        jnp.stack([value, terms.reconstruction, terms.kl]), axis=1
+      )
+      aux = {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
     else:
       value = model.iwae(key, x, labels, num_samples=config.num_samples, estimator=config.estimator)
-      aux = {"iwae": jnp.mean(value)}
-    loss = -jnp.mean(value)
-    return loss, {"objective": -loss, **aux}
+      objective = jnp.mean(value)
+      aux = {"iwae": objective}
+    return -objective, {"objective": objective, **aux}
 
   def step_inputs(self, images, step_key, step):
     """The model inputs of a step and its objective's key: fresh binary draws at every step."""
@@ -366,7 +385,8 @@ class Experiment:
     )
     return x, key_objective
 
-  def _train_step(self, state, images, labels, step_key, last_of_call):
+  def _train_step(self, state, images, labels, step_key):
+    """One optimizer step: the new state, the step's metrics and its gradients."""
     step = state["step"]
     x, key_objective = self.step_inputs(images, step_key, step)
     (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(
@@ -378,15 +398,21 @@ class Experiment:
       "opt_state": opt_state,
       "step": step + 1,
     }
-    # The gradient norm is an extra pass over the gradients (20% of a batch-20 step on
-    # CPU): it is computed on the last step of each call and is 0 on the others.
-    gradient_norm = jax.lax.cond(
-      last_of_call, optax.tree.norm, lambda grads: jnp.zeros((), jnp.float32), grads
-    )
-    return new_state, {**aux, "gradient_norm": gradient_norm}
+    return new_state, aux, grads
 
-  def _train_chunk(self, state, keys, train_images, train_labels):
-    """steps_per_call steps for every seed, starting wherever the state's step is."""
+  def _train_chunk(self, state, keys, train_images, train_labels, *, per_step=False):
+    """steps_per_call steps for every seed, starting wherever the state's step is.
+
+    Returns the new state and each metric's mean over the call's steps, [seeds],
+    with "gradient_norm" the norm of the call's last gradient. The loop body is as
+    lean as a hand-written step: the metrics are summed in the scan's carry (no
+    per-step stacking), and the last step runs after the loop, where its gradient
+    norm costs nothing per step (a lax.cond inside the loop is if-converted on GPU,
+    and so computed at every step).
+
+    per_step=True instead returns every step's metrics and gradient norm, [seeds,
+    steps]: the diagnosis of a call that went non-finite (see _first_failure).
+    """
     batch_size = self.config.batch_size
 
     def one_seed(state, seed_key):
@@ -395,16 +421,38 @@ class Experiment:
       offset = state["step"] % self.steps_per_epoch
       order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), self.num_train)
 
-      def body(state, i):
+      def step(state, i):
         index = jax.lax.dynamic_slice_in_dim(order, (offset + i) * batch_size, batch_size)
         images, labels = jax.lax.with_sharding_constraint(
           (train_images[index], train_labels[index]), self.batch_sharding
         )
-        return self._train_step(state, images, labels, keys["step"], i == self.steps_per_call - 1)
+        return self._train_step(state, images, labels, keys["step"])
 
-      return jax.lax.scan(body, state, jnp.arange(self.steps_per_call))
+      if per_step:
 
-    return self.map_seeds(one_seed, state, keys)
+        def traced(state, i):
+          state, metrics, grads = step(state, i)
+          return state, {**metrics, "gradient_norm": optax.tree.norm(grads)}
+
+        return jax.lax.scan(traced, state, jnp.arange(self.steps_per_call))
+
+      # The metrics are scalars, summed as one vector: one add per step, not one each.
+      names = sorted(jax.eval_shape(step, state, 0)[1])
+
+      def body(carry, i):
+        state, sums = carry
+        state, metrics, _ = step(state, i)
+        return (state, sums + jnp.stack([metrics[name] for name in names])), None
+
+      last = self.steps_per_call - 1
+      sums = jnp.zeros(len(names), jnp.float32)
+      (state, sums), _ = jax.lax.scan(body, (state, sums), jnp.arange(last))
+      state, metrics, grads = step(state, last)
+      means = (sums + jnp.stack([metrics[name] for name in names])) / self.steps_per_call
+      return state, {**dict(zip(names, means)), "gradient_norm": optax.tree.norm(grads)}
+
+    with _matmul_precision(self.config.matmul_precision):
+      return self.map_seeds(one_seed, state, keys)
 
   # --- Evaluation --------------------------------------------------------------------
 
@@ -425,22 +473,24 @@ class Experiment:
         "kl": jnp.mean(terms.kl),
       }
 
-    return self.map_seeds(one_seed, params)
+    with _matmul_precision(self.config.matmul_precision):
+      return self.map_seeds(one_seed, params)
 
   def _evaluate_examples(self, params, x, labels) -> dict[str, jax.Array]:
     """One seed's per-example evaluation (evaluation.evaluate_examples), over all devices."""
     config = self.config
-    return evaluation.evaluate_examples_on_devices(
-      self.model(params),
-      x,
-      labels,
-      jax.random.key(1),
-      batch_size=config.eval_batch_size,
-      num_samples=config.eval_num_samples,
-      chunk_size=config.eval_chunk_size,
-      iwae_samples=tuple(config.eval_iwae_samples),
-      devices=self.mesh.devices.flatten(),
-    )
+    with _matmul_precision(config.eval_matmul_precision):
+      return evaluation.evaluate_examples_on_devices(
+        self.model(params),
+        x,
+        labels,
+        jax.random.key(1),
+        batch_size=config.eval_batch_size,
+        num_samples=config.eval_num_samples,
+        chunk_size=config.eval_chunk_size,
+        iwae_samples=tuple(config.eval_iwae_samples),
+        devices=self.mesh.devices.flatten(),
+      )
 
   def full_evaluation(self, params, x, labels) -> dict[str, Any]:
     """ELBO, IWAE bounds, IS log-likelihood (each with its standard error over examples),
@@ -494,26 +544,15 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _first_failure(chunk_metrics: dict[str, np.ndarray], first_step: int) -> str | None:
-  """'step S (seed i): non-finite kl, gradient_norm' for the first bad step, or None."""
-  finite = {name: np.isfinite(values) for name, values in chunk_metrics.items()}  # [seeds, steps]
+def _first_failure(step_metrics: dict[str, np.ndarray], first_step: int) -> str:
+  """'step S (seed i): non-finite kl, gradient_norm' for the first bad step of a call."""
+  finite = {name: np.isfinite(values) for name, values in step_metrics.items()}  # [seeds, steps]
   bad = ~np.all(np.stack(list(finite.values())), axis=0)
-  if not bad.any():
-    return None
+  if not bad.any():  # not reproduced step by step: say where the call started
+    return f"a step of the call from step {first_step}"
   seed, step = min(zip(*np.nonzero(bad)), key=lambda sv: (sv[1], sv[0]))
   terms = [name for name, ok in finite.items() if not ok[seed, step]]
   return f"step {first_step + step} (seed {seed}): non-finite {', '.join(terms)}"
-
-
-def _epoch_means(call_metrics: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Per-seed means over an epoch's steps ([seeds, steps] per call); the gradient norm,
-  computed on each call's last step only, is the mean over those."""
-  means = {
-    name: np.concatenate([m[name] for m in call_metrics], axis=1).mean(axis=1)
-    for name in call_metrics[0]
-  }
-  means["gradient_norm"] = np.mean([m["gradient_norm"][:, -1] for m in call_metrics], axis=0)
-  return means
 
 
 def _mean_over_seeds(values: dict[str, Any]) -> dict[str, Any]:
@@ -596,23 +635,28 @@ def train_and_evaluate(
         start = time.perf_counter()
         # A copy, since train_chunk donates and overwrites its input.
         last_good_state = experiment.copy_state(state)
-        state, chunk_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
-        chunk_metrics = jax.device_get(chunk_metrics)
+        state, call_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
+        call_metrics = jax.device_get(call_metrics)
         epoch_seconds += time.perf_counter() - start
-        failure = _first_failure(chunk_metrics, step)
-        if failure:
+        if not all(np.all(np.isfinite(values)) for values in call_metrics.values()):
           checkpointer.save(step, last_good_state)
+          # Re-run the call step by step (deterministic: all randomness is (seed, step)).
+          per_step = experiment.trace_chunk(last_good_state, keys, train_images, train_labels)
+          failure = _first_failure(jax.device_get(per_step[1]), step)
           raise FloatingPointError(
             f"Training diverged at {failure}. The last good state (step {step}) is saved in "
             f"{workdir}; lower the learning rate or check the data before resuming."
           )
         del last_good_state  # freed before the next call's copy
         step += experiment.steps_per_call
-        epoch_metrics.append(chunk_metrics)
+        epoch_metrics.append(call_metrics)
         if step % experiment.steps_per_epoch == 0:
           epoch = step // experiment.steps_per_epoch
           seconds_per_epoch.append(epoch_seconds)
-          train = {f"train/{name}": v for name, v in _epoch_means(epoch_metrics).items()}
+          train = {
+            f"train/{name}": np.mean([m[name] for m in epoch_metrics], axis=0)
+            for name in epoch_metrics[0]
+          }
           evaluations = {
             f"{split}/{k}": v
             for split, (x, labels) in eval_splits.items()
@@ -776,6 +820,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Precision of the networks' matmuls; parameters, optimizer state, every log-density,
   # KL and logsumexp, and the first layer of networks that take latent samples stay float32.
   config.dtype = "float32"  # "float32" | "bfloat16"
+  # How float32 matmuls run (vae_jax.train.MATMUL_PRECISIONS). "default" is JAX's setting:
+  # float32 on CPU, TF32 on NVIDIA GPUs (10-bit mantissa inputs, float32 accumulation;
+  # about 2x the speed), one bfloat16 pass on TPUs. "float32" forces full precision.
+  config.matmul_precision = "default"  # training and the per-epoch test ELBO
+  config.eval_matmul_precision = "float32"  # the final evaluation, whose numbers are reported
   config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
   config.num_components = 10  # discretized logistic mixture components
   config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Burda et al. 2015, Table 1 on one GPU, in pieces of at most SECONDS of training each:
+#
+#   scripts/reproduce_burda2015.sh DATA_DIR ROOT [SECONDS]
+#
+# trains the three runs (1-layer VAE k=1, 1-layer IWAE k=50, 2-layer IWAE k=50) side by
+# side, each in ROOT/CONFIG (a small step is launch-bound, so three share one GPU at
+# close to their separate speeds), and stops them with SIGTERM after SECONDS: each saves
+# a checkpoint at the end of its current epoch. Run the same command again to go on;
+# a run that has finished all 3,280 epochs evaluates IS-5000 on the 10,000 test images
+# and writes ROOT/CONFIG/summary.json and its pictures. DATA_DIR is a TFDS data_dir
+# with mnist prepared (scripts/prepare_data.py).
+set -u
+data_dir=${1:?usage: $0 DATA_DIR ROOT [SECONDS]}
+root=${2:?usage: $0 DATA_DIR ROOT [SECONDS]}
+seconds=${3:-540}
+mkdir -p "$root"
+# Three processes on one GPU: each allocates what it needs instead of 75% up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+for config in burda2015_vae_k1 burda2015_iwae_k50 burda2015_iwae_k50_2layer; do
+  if [ -f "$root/$config/summary.json" ]; then
+    echo "$config: finished ($root/$config/summary.json)"
+    continue
+  fi
+  timeout -s TERM "$seconds" "${PYTHON:-python}" -m experiments.train \
+    --config="experiments/configs/$config.py" --workdir="$root/$config" \
+    --config.data_dir="$data_dir" >>"$root/$config.log" 2>&1 &
+done
+wait
+for config in burda2015_vae_k1 burda2015_iwae_k50 burda2015_iwae_k50_2layer; do
+  echo "$config: $(grep -o 'epoch [0-9]*/[0-9]*.*' "$root/$config.log" | tail -n 1)"
+done
