@@ -35,8 +35,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise app.UsageError(f"{workdir} has no config.json: is it a workdir of experiments.train?")
+  config = train.get_default_config()  # fields added since the workdir was written
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config.update(json.load(f))
+  return config
 
 
 def markdown(report: dict, split: str) -> str:
@@ -49,15 +51,13 @@ def markdown(report: dict, split: str) -> str:
     stderr = report.get(f"{name}_stderr")
     shown = f"{value:.3f} ± {stderr:.3f}" if stderr is not None else f"{value:.4g}"
     lines.append(f"| {name[len(split) + 1 :]} | {shown} |")
-  kl = report[f"{split}_kl_per_dimension"]
+  lines += ["", "± is the standard error over examples."]
+  kl = report.get(f"{split}_kl_per_dimension")  # absent where the prior does not factorize
   if kl and isinstance(kl[0], list):
     kl = kl[0]  # several seeds: the first
-  lines += [
-    "",
-    "± is the standard error over examples. KL per latent dimension (nats): "
-    + ", ".join(f"{v:.2f}" for v in kl),
-    "",
-  ]
+  if kl:
+    lines[-1] += " KL per latent dimension (nats): " + ", ".join(f"{v:.2f}" for v in kl)
+  lines.append("")
   for name in (
     "binarization",
     "binarization_seed",

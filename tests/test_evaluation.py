@@ -106,7 +106,7 @@ def test_picture_functions(small_models):
   ):
     scatter = plots.latent_scatter(means, np.arange(50) % 10)
     assert scatter.dtype == np.uint8 and scatter.ndim == 3 and scatter.shape[-1] == 3
-  records = [{"epoch": e, "train/objective": -200 + e, "test/elbo": -210 + e} for e in (1, 2, 3)]
+  records = [{"epoch": e, "train/loss": 200 - e, "test/elbo": -210 + e} for e in (1, 2, 3)]
   curves = plots.training_curves(records)
   assert curves.dtype == np.uint8 and curves.shape[-1] == 3 and curves.std() > 0
 
@@ -117,7 +117,7 @@ def test_manifold_walks_the_gaussian_quantiles(small_models):
   calls = []
 
   class Recorder:
-    latent_dim = 2
+    latent_dim, has_analytic_kl = 2, True
 
     def decode_mean(self, z, labels=None):
       calls.append(np.asarray(z))

@@ -85,6 +85,13 @@ def data(seed=1, batch=BATCH):
 KEY = jax.random.key(42)
 
 
+def importance_estimate(x, encode, log_likelihood, **kwargs):
+  """importance_log_likelihood with its standard error: log p(x) and SE, each [batch]."""
+  return vae_jax.importance_log_likelihood_from_log_weights(
+    lambda key, k: vae_jax.log_weights(key, x, encode, log_likelihood, k), KEY, **kwargs
+  )
+
+
 # --- Bounds at the exact posterior ------------------------------------------------
 
 
@@ -101,9 +108,7 @@ def test_exact_posterior_makes_every_bound_equal_log_px():
   for estimator in vae_jax.objectives.ESTIMATORS:
     bound = vae_jax.iwae(KEY, x, encode, log_likelihood, num_samples=5, estimator=estimator)
     np.testing.assert_allclose(bound, expected, atol=2e-5)
-  estimate = vae_jax.importance_log_likelihood(
-    KEY, x, encode, log_likelihood, num_samples=100, chunk_size=32, return_standard_error=True
-  )
+  estimate = importance_estimate(x, encode, log_likelihood, num_samples=100, chunk_size=32)
   np.testing.assert_allclose(estimate.log_px, expected, atol=2e-5)
   np.testing.assert_allclose(estimate.standard_error, 0.0, atol=1e-3)
   # With the analytic KL the ELBO equals log p(x) in expectation.
@@ -118,9 +123,7 @@ def test_importance_sampled_log_likelihood_converges_to_exact():
   x = data(batch=32)
   encode, log_likelihood = model(perturbed_parameters())
   expected = exact_log_px(x)
-  estimate = vae_jax.importance_log_likelihood(
-    KEY, x, encode, log_likelihood, num_samples=5000, chunk_size=512, return_standard_error=True
-  )
+  estimate = importance_estimate(x, encode, log_likelihood, num_samples=5000, chunk_size=512)
   elbo = vae_jax.elbo(KEY, x, encode, log_likelihood, num_samples=5000)
   gap = expected - elbo
   assert np.all(gap > 0.05)  # the encoder is imperfect enough to matter
@@ -144,14 +147,8 @@ def test_importance_log_likelihood_streams_chunks_exactly():
     for i, size in enumerate([chunk, chunk, chunk, num_samples - 3 * chunk])
   ]
   log_w = np.asarray(jnp.concatenate(chunks), np.float64)
-  estimate = vae_jax.importance_log_likelihood(
-    KEY,
-    x,
-    encode,
-    log_likelihood,
-    num_samples=num_samples,
-    chunk_size=chunk,
-    return_standard_error=True,
+  estimate = importance_estimate(
+    x, encode, log_likelihood, num_samples=num_samples, chunk_size=chunk
   )
   np.testing.assert_allclose(
     estimate.log_px, special.logsumexp(log_w, 0) - np.log(num_samples), rtol=1e-6
@@ -426,3 +423,161 @@ def _bad(**overrides):
 def test_bad_input_raises_value_error(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+# --- A prior of one's own: log_prior --------------------------------------------------
+
+PRIOR_MEAN = np.array([0.5, -1.0, 0.2])
+PRIOR_LOGVAR = np.log(np.array([2.0, 0.5, 1.5]))
+
+
+def log_gaussian_prior(mean=PRIOR_MEAN, logvar=PRIOR_LOGVAR):
+  """log N(z; mean, diag(exp(logvar))): a prior that is not N(0, I)."""
+  return lambda z: vae_jax.log_normal(z, jnp.asarray(mean, z.dtype), jnp.asarray(logvar, z.dtype))
+
+
+def exact_parameters_under_gaussian_prior():
+  """Encoder parameters of the exact posterior when p(z) = N(PRIOR_MEAN, diag(PRIOR_VAR))."""
+  weights, bias = _decoder_parameters()
+  noise, prior_var = np.exp(DECODER_LOGVAR), np.exp(PRIOR_LOGVAR)
+  posterior_var = 1.0 / (1.0 / prior_var + DECODER_SCALES**2 / noise)
+  projection = weights * posterior_var / noise
+  params = {
+    "enc_proj": projection,
+    "enc_shift": -bias @ projection + posterior_var * PRIOR_MEAN / prior_var,
+    "enc_logvar": np.log(posterior_var),
+    "dec_weights": weights.T,
+    "dec_bias": bias,
+  }
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def exact_log_px_under_gaussian_prior(x):
+  weights, bias = _decoder_parameters()
+  cov = weights @ np.diag(np.exp(PRIOR_LOGVAR)) @ weights.T + np.exp(DECODER_LOGVAR) * np.eye(
+    DATA_DIM
+  )
+  return stats.multivariate_normal(weights @ PRIOR_MEAN + bias, cov).logpdf(
+    np.asarray(x, np.float64)
+  )
+
+
+def test_with_a_gaussian_prior_every_bound_at_the_exact_posterior_is_log_px():
+  x = data()
+  encode, log_likelihood = model(exact_parameters_under_gaussian_prior())
+  log_prior = log_gaussian_prior()
+  expected = exact_log_px_under_gaussian_prior(x)
+  log_w = vae_jax.log_weights(KEY, x, encode, log_likelihood, 7, log_prior=log_prior)
+  np.testing.assert_allclose(log_w, np.tile(expected, (7, 1)), atol=3e-5)
+  elbo = vae_jax.elbo(KEY, x, encode, log_likelihood, analytic_kl=False, log_prior=log_prior)
+  np.testing.assert_allclose(elbo, expected, atol=3e-5)
+  for estimator in vae_jax.objectives.ESTIMATORS:
+    bound = vae_jax.iwae(
+      KEY, x, encode, log_likelihood, num_samples=5, estimator=estimator, log_prior=log_prior
+    )
+    np.testing.assert_allclose(bound, expected, atol=3e-5)
+  # The N(0, I) model's exact posterior is not this prior's: its ELBO falls short.
+  wrong = model(exact_parameters())[0]
+  short = vae_jax.elbo(
+    KEY, x, wrong, log_likelihood, num_samples=1000, analytic_kl=False, log_prior=log_prior
+  )
+  assert np.all(np.asarray(short) < expected - 0.01)
+
+
+def test_with_a_gaussian_prior_importance_sampling_converges_to_exact():
+  x = data(batch=32)
+  params = exact_parameters_under_gaussian_prior()
+  params["enc_logvar"] = params["enc_logvar"] + 0.7  # an imperfect proposal
+  encode, log_likelihood = model(params)
+  log_prior = log_gaussian_prior()
+  expected = exact_log_px_under_gaussian_prior(x)
+  log_px = vae_jax.importance_log_likelihood(
+    KEY, x, encode, log_likelihood, num_samples=5000, log_prior=log_prior
+  )
+  estimate = vae_jax.importance_log_likelihood_from_log_weights(
+    lambda key, k: vae_jax.log_weights(key, x, encode, log_likelihood, k, log_prior=log_prior),
+    KEY,
+    num_samples=5000,
+  )
+  np.testing.assert_array_equal(log_px, estimate.log_px)  # chunk_size defaults to 100 in both
+  error = np.asarray(log_px) - expected
+  assert np.all(np.abs(error) < 4 * np.asarray(estimate.standard_error) + 1e-4), error
+  elbo = vae_jax.elbo(
+    KEY, x, encode, log_likelihood, num_samples=5000, analytic_kl=False, log_prior=log_prior
+  )
+  assert np.all(np.abs(error) < 0.1 * (expected - elbo))
+
+
+@pytest.mark.parametrize(
+  "objective",
+  [
+    functools.partial(vae_jax.elbo, num_samples=3, analytic_kl=False),
+    functools.partial(vae_jax.elbo, num_samples=3, analytic_kl=False, estimator="stl"),
+    functools.partial(vae_jax.iwae, num_samples=4),
+    functools.partial(vae_jax.iwae, num_samples=4, estimator="dreg"),
+  ],
+  ids=["elbo", "elbo-stl", "iwae", "iwae-dreg"],
+)
+def test_standard_normal_log_prior_equals_the_default_in_value_and_gradient(objective):
+  x = data()
+
+  def mean_objective(params, log_prior):
+    encode, log_likelihood = model(params)
+    return jnp.mean(objective(KEY, x, encode, log_likelihood, log_prior=log_prior))
+
+  params = perturbed_parameters()
+  default, grads_default = jax.value_and_grad(mean_objective)(params, None)
+  given, grads_given = jax.value_and_grad(mean_objective)(params, vae_jax.log_standard_normal)
+  np.testing.assert_allclose(given, default, rtol=1e-6)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_given, grads_default
+  )
+
+
+def test_prior_parameters_get_their_full_gradient_under_every_estimator():
+  """STL and DReG hold q's parameters constant in log q only; d/d(prior mean) is the
+  same for every estimator at the same samples, sum_k w_k d log p(z_k) / d mean."""
+  x = data()
+  encode, log_likelihood = model(perturbed_parameters())
+
+  def bound(prior_mean, estimator):
+    log_prior = log_gaussian_prior(mean=prior_mean)
+    return jnp.mean(
+      vae_jax.iwae(
+        KEY, x, encode, log_likelihood, num_samples=6, estimator=estimator, log_prior=log_prior
+      )
+    )
+
+  grads = {
+    estimator: jax.grad(bound)(jnp.asarray(PRIOR_MEAN, jnp.float32), estimator)
+    for estimator in vae_jax.objectives.ESTIMATORS
+  }
+  assert np.all(np.abs(grads["reparam"]) > 1e-3)
+  for estimator in ("stl", "dreg"):
+    np.testing.assert_allclose(grads[estimator], grads["reparam"], rtol=1e-5)
+  elbo_grads = [
+    jax.grad(
+      lambda m, e=estimator: jnp.mean(
+        vae_jax.elbo(
+          KEY,
+          x,
+          encode,
+          log_likelihood,
+          analytic_kl=False,
+          estimator=e,
+          log_prior=log_gaussian_prior(mean=m),
+        )
+      )
+    )(jnp.asarray(PRIOR_MEAN, jnp.float32))
+    for estimator in ("reparam", "stl")
+  ]
+  np.testing.assert_allclose(elbo_grads[1], elbo_grads[0], rtol=1e-5)
+
+
+def test_a_log_prior_with_the_analytic_kl_or_the_wrong_shape_is_refused():
+  x = data()
+  encode, log_likelihood = model(perturbed_parameters())
+  with pytest.raises(ValueError, match="pass analytic_kl=False"):
+    vae_jax.elbo(KEY, x, encode, log_likelihood, log_prior=vae_jax.log_standard_normal)
+  with pytest.raises(ValueError, match=r"log_prior\(z\) returned shape .* Sum over the last"):
+    vae_jax.iwae(KEY, x, encode, log_likelihood, num_samples=2, log_prior=lambda z: z)

@@ -11,11 +11,13 @@ from vae_jax.distributions import (
   log_discretized_logistic_mixture,
   log_normal,
   log_normal_per_dimension,
+  log_standard_normal,
   reparameterize,
 )
 from vae_jax.objectives import (
   ElboTerms,
   LogLikelihoodEstimate,
+  LogPrior,
   elbo,
   elbo_terms,
   importance_log_likelihood,

@@ -71,6 +71,12 @@ def log_normal(x: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
   return jnp.sum(log_normal_per_dimension(x, mean, logvar), axis=-1)
 
 
+def log_standard_normal(z: ArrayLike) -> jax.Array:
+  """log N(z; 0, I), summed over the last axis: the VAE's default prior, [...]."""
+  check_floating("z", z)
+  return -0.5 * jnp.sum(jnp.square(z) + _LOG_2PI, axis=-1)
+
+
 def log_normal_per_dimension(x: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
   """log_normal before the sum over the last axis: [..., event]."""
   x, mean, logvar = _data_and_parameters(("x", "mean", "logvar"), x, mean, logvar)

@@ -81,23 +81,22 @@ def evaluate_examples(
     keys = jax.random.split(jax.random.fold_in(key, index[0]), 2 + len(iwae_samples))
     terms = model.elbo_terms(keys[0], x, labels, analytic_kl=model.has_analytic_kl)
     estimate = objectives.importance_log_likelihood_from_log_weights(
-      lambda key, size: model.log_weights(key, x, size, labels),
+      lambda key, size: model.log_weights(key, x, labels, num_samples=size),
       keys[1],
       num_samples=num_samples,
       chunk_size=chunk_size,
-      return_standard_error=True,
     )
     out = {
       "elbo": terms.reconstruction - terms.kl,
       "reconstruction": terms.reconstruction,
       "kl": terms.kl,
-      "kl_per_dimension": terms.kl_per_dimension,
+      "kl_per_dimension": terms.kl_per_dimension,  # None where the prior does not factorize
       "posterior_mean": model.encode(x, labels)[0],
       "log_likelihood": estimate.log_px,
       "log_likelihood_mc_stderr": estimate.standard_error,
     }
     for k, key_k in zip(iwae_samples, keys[2:]):
-      out[f"iwae_{k}"] = objectives.iwae_bound(model.log_weights(key_k, x, k, labels))
+      out[f"iwae_{k}"] = objectives.iwae_bound(model.log_weights(key_k, x, labels, num_samples=k))
     return out
 
   indices = jnp.arange(x.shape[0]) if indices is None else indices
@@ -151,7 +150,7 @@ def summarize(examples: dict[str, np.ndarray], *, num_pixels: int, bits_per_dim:
   n = len(examples["elbo"])
   summary = {"num_examples": n}
   for name, values in examples.items():
-    if values.ndim != 1 or name == "log_likelihood_mc_stderr":
+    if values is None or values.ndim != 1 or name == "log_likelihood_mc_stderr":
       continue
     values = np.asarray(values, np.float64)
     summary[name] = float(values.mean())
@@ -163,5 +162,6 @@ def summarize(examples: dict[str, np.ndarray], *, num_pixels: int, bits_per_dim:
   activity = np.var(np.asarray(examples["posterior_mean"], np.float64), axis=0, ddof=1)
   summary["active_units"] = int(np.sum(activity > ACTIVE_UNIT_THRESHOLD))
   summary["latent_activity"] = activity.tolist()
-  summary["kl_per_dimension"] = np.mean(examples["kl_per_dimension"], axis=0).tolist()
+  if examples.get("kl_per_dimension") is not None:
+    summary["kl_per_dimension"] = np.mean(examples["kl_per_dimension"], axis=0).tolist()
   return summary

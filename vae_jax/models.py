@@ -11,13 +11,13 @@ randomness comes from keys passed to the objectives.
 """
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax import distributions, objectives
+from vae_jax import distributions, objectives, priors
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "tanh": jnp.tanh,
@@ -242,15 +242,117 @@ def _network_inputs(x: jax.Array, integer_data: bool) -> jax.Array:
   return h / 127.5 - 1.0 if integer_data else h
 
 
-class VAE(nnx.Module):
+class LatentVariableModel(Protocol):
+  """What training, evaluation and the pictures use of a model: all of it, nothing else.
+
+  Both VAE classes implement it; so can a researcher's NNX module, which then trains
+  through train_and_evaluate(config, workdir, model=...) with everything the library
+  does. Every method takes `labels` ([batch] class indices, or None) right after its
+  data; keys come first, sample counts are keyword-only.
+  """
+
+  image_shape: tuple[int, ...]  # of one example: [height, width, channels]
+  latent_dim: int  # the size of the z that encode returns and decode_mean takes
+  num_classes: int  # > 0: a conditional model; every method then needs labels
+  has_analytic_kl: bool  # elbo_terms(analytic_kl=True) works, and p(z) is N(0, I)
+  integer_data: bool  # the model reads 8-bit integers (else floats in [0, 1])
+
+  def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(mean, logvar) of q(z|x), each [batch, latent_dim]."""
+
+  def decode_mean(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    """Mean images of p(x|z) in [0, 1], [batch, *image_shape]."""
+
+  def decode_prior(
+    self, key: jax.Array, labels: jax.Array | None = None, *, num_samples: int
+  ) -> jax.Array:
+    """Mean images of p(x|z) at draws from the prior, [num_samples, *image_shape]."""
+
+  def elbo_terms(
+    self,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    num_samples: int = 1,
+    analytic_kl: bool = True,
+    estimator: str = "reparam",
+  ) -> objectives.ElboTerms:
+    """The ELBO's reconstruction and KL terms per example (objectives.elbo_terms)."""
+
+  def log_weights(
+    self, key: jax.Array, x: jax.Array, labels: jax.Array | None = None, *, num_samples: int
+  ) -> jax.Array:
+    """log p(x, z_k) - log q(z_k|x), [num_samples, batch]: IWAE bounds and IS log p(x)."""
+
+  def iwae(
+    self,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    num_samples: int,
+    estimator: str = "reparam",
+  ) -> jax.Array:
+    """The IWAE bound per example, with the gradient of `estimator`, [batch]."""
+
+
+PROTOCOL_MEMBERS = (
+  "image_shape",
+  "latent_dim",
+  "num_classes",
+  "has_analytic_kl",
+  "integer_data",
+  "encode",
+  "decode_mean",
+  "decode_prior",
+  "elbo_terms",
+  "log_weights",
+  "iwae",
+)
+
+
+def check_model(model) -> None:
+  """Raises a TypeError naming what `model` lacks of LatentVariableModel."""
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}.")
+  missing = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
+  if missing:
+    raise TypeError(
+      f"{type(model).__name__} does not implement vae_jax.models.LatentVariableModel: it "
+      f"lacks {', '.join(missing)}. See the protocol's docstring for each one's signature."
+    )
+
+
+class _ImageModel(nnx.Module):
+  """What both VAEs share: the image shape, the likelihood head and the input checks."""
+
+  def _set_likelihood(self, image_shape, likelihood, *, gaussian_logvar, num_components):
+    self.image_shape = tuple(image_shape)
+    self.likelihood = make_likelihood(
+      likelihood,
+      math.prod(self.image_shape),
+      gaussian_logvar=gaussian_logvar,
+      num_components=num_components,
+    )
+
+  @property
+  def integer_data(self) -> bool:
+    return self.likelihood.integer_data
+
+  def _flat_inputs(self, x: jax.Array) -> jax.Array:
+    """Checked images as the networks' inputs, [batch, pixels]."""
+    _check_image_shape(x, self.image_shape)
+    return _network_inputs(x, self.integer_data).reshape(x.shape[0], -1)
+
+
+class VAE(_ImageModel):
   """A one-stochastic-layer VAE, optionally conditioned on a class label (Sohn et al. 2015).
 
   The encoder maps an image (and the one-hot label) to the mean and log-variance
   of q(z|x); the decoder maps z (and the label) to the likelihood head's
   parameters for every pixel.
   """
-
-  has_analytic_kl = True  # KL(q(z|x) || N(0, I)) in closed form
 
   def __init__(
     self,
@@ -265,16 +367,32 @@ class VAE(nnx.Module):
     num_classes: int = 0,
     gaussian_logvar: float = 0.0,
     num_components: int = 10,
+    prior: str = "standard_normal",
+    prior_components: int = 500,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.image_shape = tuple(image_shape)
+    self._set_likelihood(
+      image_shape, likelihood, gaussian_logvar=gaussian_logvar, num_components=num_components
+    )
     self.latent_dim = latent_dim
     self.num_classes = num_classes
     num_pixels = math.prod(self.image_shape)
-    self.likelihood = make_likelihood(
-      likelihood, num_pixels, gaussian_logvar=gaussian_logvar, num_components=num_components
+    if prior == "vampprior" and (num_classes or self.integer_data):
+      raise ValueError(
+        "prior='vampprior' needs an unconditional model of pixels in [0, 1] (its pseudo-"
+        "inputs are images the encoder reads): use another prior, or num_classes=0 and a "
+        "bernoulli or gaussian likelihood."
+      )
+    self.prior = priors.make_prior(
+      prior,
+      latent_dim=latent_dim,
+      image_shape=self.image_shape,
+      num_components=prior_components,
+      rngs=rngs,
     )
+    # KL(q(z|x) || p(z)) in closed form: for the N(0, I) prior only.
+    self.has_analytic_kl = prior == "standard_normal"
     outputs = self.likelihood.outputs_per_pixel
     if architecture == "mlp":
       self.encoder = MLP(
@@ -332,17 +450,18 @@ class VAE(nnx.Module):
 
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """q(z|x): (mean, logvar), each [batch, latent]."""
-    _check_image_shape(x, self.image_shape)
     y = self._one_hot(labels, x.shape[0])
-    h = _network_inputs(x, self.likelihood.integer_data)
     if self.architecture == "mlp":
-      h = h.reshape(x.shape[0], -1)
+      h = self._flat_inputs(x)
       if y is not None:
         h = jnp.concatenate([h, y], axis=-1)
-    elif y is not None:  # the label as constant extra channels
-      h = jnp.concatenate(
-        [h, jnp.broadcast_to(y[:, None, None, :], (*h.shape[:3], y.shape[-1]))], -1
-      )
+    else:
+      _check_image_shape(x, self.image_shape)
+      h = _network_inputs(x, self.integer_data)
+      if y is not None:  # the label as constant extra channels
+        h = jnp.concatenate(
+          [h, jnp.broadcast_to(y[:, None, None, :], (*h.shape[:3], y.shape[-1]))], -1
+        )
     # The networks may compute in bfloat16; the distributions always see float32.
     mean, logvar = jnp.split(self.encoder(h).astype(jnp.float32), 2, axis=-1)
     return mean, logvar
@@ -371,6 +490,12 @@ class VAE(nnx.Module):
     """The (encode, log_likelihood) pair that vae_jax.objectives take."""
     return (lambda x: self.encode(x, labels)), (lambda x, z: self.log_likelihood(x, z, labels))
 
+  def log_prior(self):
+    """The prior as the objectives' log_prior: None for N(0, I) (closed forms apply)."""
+    if self.has_analytic_kl:
+      return None
+    return lambda z: self.prior.log_prob(z, self.encode)
+
   # The interface that training and evaluation use for every VAE (see TwoStochasticLayerVAE).
 
   def elbo_terms(
@@ -390,13 +515,16 @@ class VAE(nnx.Module):
       num_samples=num_samples,
       analytic_kl=analytic_kl,
       estimator=estimator,
+      log_prior=self.log_prior(),
     )
 
   def log_weights(
-    self, key: jax.Array, x: jax.Array, num_samples: int, labels: jax.Array | None = None
+    self, key: jax.Array, x: jax.Array, labels: jax.Array | None = None, *, num_samples: int
   ) -> jax.Array:
     """log p(x, z_k) - log q(z_k|x), [K, batch]."""
-    return objectives.log_weights(key, x, *self.callables(labels), num_samples)
+    return objectives.log_weights(
+      key, x, *self.callables(labels), num_samples, log_prior=self.log_prior()
+    )
 
   def iwae(
     self,
@@ -409,15 +537,22 @@ class VAE(nnx.Module):
   ) -> jax.Array:
     """The IWAE bound with the gradient of `estimator` (objectives.iwae), [batch]."""
     return objectives.iwae(
-      key, x, *self.callables(labels), num_samples=num_samples, estimator=estimator
+      key,
+      x,
+      *self.callables(labels),
+      num_samples=num_samples,
+      estimator=estimator,
+      log_prior=self.log_prior(),
     )
 
-  def decode_prior(self, key: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
-    """Mean images of p(x|z) for z drawn from the prior: [num, *image_shape]."""
-    return self.decode_mean(jax.random.normal(key, (num, self.latent_dim)), labels)
+  def decode_prior(
+    self, key: jax.Array, labels: jax.Array | None = None, *, num_samples: int
+  ) -> jax.Array:
+    """Mean images of p(x|z) for z drawn from the prior: [num_samples, *image_shape]."""
+    return self.decode_mean(self.prior.sample(key, num_samples, self.encode), labels)
 
 
-class TwoStochasticLayerVAE(nnx.Module):
+class TwoStochasticLayerVAE(_ImageModel):
   """Burda et al. 2015's VAE with two stochastic layers, x -> h1 -> h2 (Gaussian).
 
   q(h1|x) q(h2|h1) and p(h2) p(h1|h2) p(x|h1), each conditional a diagonal
@@ -449,13 +584,12 @@ class TwoStochasticLayerVAE(nnx.Module):
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.image_shape = tuple(image_shape)
+    self._set_likelihood(
+      image_shape, likelihood, gaussian_logvar=gaussian_logvar, num_components=num_components
+    )
     self.latent_dim = latent_dim
     self.top_latent_dim = top_latent_dim
     num_pixels = math.prod(self.image_shape)
-    self.likelihood = make_likelihood(
-      likelihood, num_pixels, gaussian_logvar=gaussian_logvar, num_components=num_components
-    )
     outputs = self.likelihood.outputs_per_pixel
     top_hidden = tuple(top_hidden)
     mlp = dict(activation=activation, dtype=dtype, rngs=rngs)
@@ -465,10 +599,9 @@ class TwoStochasticLayerVAE(nnx.Module):
     self.p_h1 = MLP(top_latent_dim, top_hidden[::-1], 2 * latent_dim, **latent_mlp)
     self.p_x = MLP(latent_dim, tuple(hidden)[::-1], num_pixels * outputs, **latent_mlp)
 
-  def _check_inputs(self, x, labels):
+  def _check_labels(self, labels):
     if labels is not None:
       raise ValueError("TwoStochasticLayerVAE is unconditional: pass labels=None.")
-    _check_image_shape(x, self.image_shape)
 
   @staticmethod
   def _f32(network, h):
@@ -477,14 +610,8 @@ class TwoStochasticLayerVAE(nnx.Module):
 
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """q(h1|x): (mean, logvar), each [batch, latent_dim]."""
-    self._check_inputs(x, labels)
-    mean, logvar = jnp.split(
-      self._f32(
-        self.q_h1, _network_inputs(x, self.likelihood.integer_data).reshape(x.shape[0], -1)
-      ),
-      2,
-      axis=-1,
-    )
+    self._check_labels(labels)
+    mean, logvar = jnp.split(self._f32(self.q_h1, self._flat_inputs(x)), 2, axis=-1)
     return mean, logvar
 
   def decode_mean(self, h1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -492,9 +619,12 @@ class TwoStochasticLayerVAE(nnx.Module):
     out = self._f32(self.p_x, h1).reshape(h1.shape[0], math.prod(self.image_shape), -1)
     return self.likelihood.mean(out).reshape(h1.shape[0], *self.image_shape)
 
-  def decode_prior(self, key: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
+  def decode_prior(
+    self, key: jax.Array, labels: jax.Array | None = None, *, num_samples: int
+  ) -> jax.Array:
     """Mean images of p(x|h1) at the mean of p(h1|h2), h2 drawn from the prior."""
-    h2 = jax.random.normal(key, (num, self.top_latent_dim))
+    self._check_labels(labels)
+    h2 = jax.random.normal(key, (num_samples, self.top_latent_dim))
     h1_mean, _ = jnp.split(self._f32(self.p_h1, h2), 2, -1)
     return self.decode_mean(h1_mean)
 
@@ -521,10 +651,10 @@ class TwoStochasticLayerVAE(nnx.Module):
     return log_q_minus_log_p, self.likelihood.log_prob(x_flat, out)
 
   def log_weights(
-    self, key: jax.Array, x: jax.Array, num_samples: int, labels: jax.Array | None = None
+    self, key: jax.Array, x: jax.Array, labels: jax.Array | None = None, *, num_samples: int
   ) -> jax.Array:
     """log p(x, h1, h2) - log q(h1, h2|x) for K samples, [K, batch]."""
-    self._check_inputs(x, labels)
+    self._check_labels(labels)
     distributions.check_num_samples(num_samples)
     log_q_minus_log_p, log_px = self._log_weight_terms(key, x, num_samples)
     return log_px - jnp.sum(log_q_minus_log_p, axis=-1)
@@ -543,7 +673,7 @@ class TwoStochasticLayerVAE(nnx.Module):
       raise ValueError(
         f"estimator={estimator!r}: TwoStochasticLayerVAE trains with 'reparam' gradients only."
       )
-    return objectives.iwae_bound(self.log_weights(key, x, num_samples, labels))
+    return objectives.iwae_bound(self.log_weights(key, x, labels, num_samples=num_samples))
 
   def elbo_terms(
     self,
@@ -565,7 +695,7 @@ class TwoStochasticLayerVAE(nnx.Module):
         "TwoStochasticLayerVAE has no closed-form KL: use analytic_kl=False and "
         "estimator='reparam'."
       )
-    self._check_inputs(x, labels)
+    self._check_labels(labels)
     distributions.check_num_samples(num_samples)
     log_q_minus_log_p, log_px = self._log_weight_terms(key, x, num_samples)
     kl_per_dimension = jnp.mean(log_q_minus_log_p, axis=0)

@@ -4,8 +4,11 @@ Objectives take plain callables, so any model (or a researcher's function) plugs
 
   encode(x) -> (mean, logvar)        q(z|x), diagonal Gaussian, each [batch, latent]
   log_likelihood(x, z) -> [batch]    log p(x|z) for one z of shape [batch, latent]
+  log_prior(z) -> [...]              log p(z) for z of shape [..., latent]; None: N(0, I)
 
-The prior is N(0, I). The K Monte Carlo samples are vmapped, never looped.
+With a log_prior other than None the KL is estimated by Monte Carlo; a prior's own
+parameters (a mixture's means, a VampPrior's pseudo-inputs) get their full
+gradient under every estimator. The K Monte Carlo samples are vmapped, never looped.
 Every result is per-example, [batch]; the caller reduces.
 
 Gradient estimators. Each objective returns a value equal to the bound, and a
@@ -29,8 +32,10 @@ from vae_jax import distributions
 
 Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]
+LogPrior = Callable[[jax.Array], jax.Array]
 
 ESTIMATORS = ("reparam", "stl", "dreg")
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class ElboTerms(NamedTuple):
@@ -115,10 +120,25 @@ def _sample_posterior(
   return _PosteriorSamples(mean[None] + jnp.exp(0.5 * logvar)[None] * eps, eps, mean, logvar)
 
 
+def _log_prior(log_prior: LogPrior, z_KxBxZ: jax.Array) -> jax.Array:
+  """log_prior(z) for the K samples, checked to be [K, batch]."""
+  out = jnp.asarray(log_prior(z_KxBxZ))
+  if out.shape != z_KxBxZ.shape[:-1]:
+    raise ValueError(
+      f"log_prior(z) returned shape {out.shape} for z of shape {z_KxBxZ.shape}; expected "
+      f"{z_KxBxZ.shape[:-1]}. Sum over the last (latent) axis inside log_prior."
+    )
+  return out
+
+
 def _log_prior_minus_log_q(
-  z_KxBxZ: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array | None = None
+  z_KxBxZ: jax.Array,
+  mean: jax.Array,
+  logvar: jax.Array,
+  eps: jax.Array | None = None,
+  log_prior: LogPrior | None = None,
 ) -> jax.Array:
-  """log p(z_k) - log q(z_k|x) with p = N(0, I), for q's own samples z_k: [K, batch].
+  """log p(z_k) - log q(z_k|x) for q's own samples z_k: [K, batch].
 
   (z - mean)^2 / exp(logvar) is eps^2: given eps, log q needs no division (and stays
   finite for any logvar), and its gradient is exact, since z - mean = exp(logvar / 2)
@@ -127,7 +147,10 @@ def _log_prior_minus_log_q(
   """
   if eps is None:
     eps = (z_KxBxZ - mean[None]) * jnp.exp(-0.5 * logvar)[None]
-  return -0.5 * jnp.sum(jnp.square(z_KxBxZ) - jnp.square(eps) - logvar[None], axis=-1)
+  if log_prior is None:  # N(0, I): the log(2 pi) terms cancel
+    return -0.5 * jnp.sum(jnp.square(z_KxBxZ) - jnp.square(eps) - logvar[None], axis=-1)
+  log_q = -0.5 * jnp.sum(jnp.square(eps) + logvar[None] + _LOG_2PI, axis=-1)
+  return _log_prior(log_prior, z_KxBxZ) - log_q
 
 
 def log_weights(
@@ -136,6 +159,8 @@ def log_weights(
   encode: Encoder,
   log_likelihood: LogLikelihood,
   num_samples: int,
+  *,
+  log_prior: LogPrior | None = None,
 ) -> jax.Array:
   """Importance log-weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x).
 
@@ -145,6 +170,7 @@ def log_weights(
     encode: x -> (mean, logvar) of q(z|x), each [batch, latent].
     log_likelihood: (x, z) -> log p(x|z), [batch], for z of shape [batch, latent].
     num_samples: K.
+    log_prior: z -> log p(z), [...] for z of shape [..., latent]; None is N(0, I).
 
   Returns:
     Log-weights, [K, batch].
@@ -152,7 +178,7 @@ def log_weights(
   x = jnp.asarray(x)
   q = _sample_posterior(key, x, encode, num_samples)
   return _log_likelihood_over_samples(log_likelihood, x, q.z) + _log_prior_minus_log_q(
-    q.z, q.mean, q.logvar, q.eps
+    q.z, q.mean, q.logvar, q.eps, log_prior
   )
 
 
@@ -180,6 +206,7 @@ def elbo_terms(
   num_samples: int = 1,
   analytic_kl: bool = True,
   estimator: str = "reparam",
+  log_prior: LogPrior | None = None,
 ) -> ElboTerms:
   """The reconstruction and KL terms of the ELBO, each per example.
 
@@ -188,12 +215,14 @@ def elbo_terms(
   log q(z|x) - log p(z) at the same samples.
 
   Args:
-    key, x, encode, log_likelihood, num_samples: as in log_weights.
-    analytic_kl: closed-form KL to N(0, I), or its Monte Carlo estimate.
+    key, x, encode, log_likelihood, num_samples, log_prior: as in log_weights.
+    analytic_kl: closed-form KL to N(0, I), or its Monte Carlo estimate (the only
+      choice with a log_prior).
     estimator: "reparam" or "stl" (STL needs analytic_kl=False).
 
   Returns:
-    ElboTerms of [batch] arrays (kl_per_dimension [batch, latent]).
+    ElboTerms of [batch] arrays; kl_per_dimension, [batch, latent], is the closed-form
+    KL of each dimension to N(0, 1), and None with a log_prior (which need not factorize).
   """
   _check_estimator(estimator, ("reparam", "stl"), "the ELBO")
   if estimator == "stl" and analytic_kl:
@@ -201,17 +230,24 @@ def elbo_terms(
       "estimator='stl' needs analytic_kl=False: sticking the landing drops the score "
       "term of a sampled log q(z|x), and the analytic KL has no such term."
     )
+  if log_prior is not None and analytic_kl:
+    raise ValueError(
+      "a log_prior has no closed-form KL here: pass analytic_kl=False to estimate the KL "
+      "by Monte Carlo (log q(z|x) - log p(z) at the K samples)."
+    )
   x = jnp.asarray(x)
   q = _sample_posterior(key, x, encode, num_samples)
   reconstruction = jnp.mean(_log_likelihood_over_samples(log_likelihood, x, q.z), axis=0)
-  kl_per_dimension = distributions.kl_normal_std_per_dimension(q.mean, q.logvar)
+  kl_per_dimension = None
+  if log_prior is None:
+    kl_per_dimension = distributions.kl_normal_std_per_dimension(q.mean, q.logvar)
   if analytic_kl:
     kl = jnp.sum(kl_per_dimension, axis=-1)
   elif estimator == "stl":
     mean, logvar = jax.lax.stop_gradient((q.mean, q.logvar))
-    kl = -jnp.mean(_log_prior_minus_log_q(q.z, mean, logvar), axis=0)
+    kl = -jnp.mean(_log_prior_minus_log_q(q.z, mean, logvar, log_prior=log_prior), axis=0)
   else:
-    kl = -jnp.mean(_log_prior_minus_log_q(q.z, q.mean, q.logvar, q.eps), axis=0)
+    kl = -jnp.mean(_log_prior_minus_log_q(q.z, q.mean, q.logvar, q.eps, log_prior), axis=0)
   return ElboTerms(reconstruction, kl, kl_per_dimension)
 
 
@@ -226,6 +262,7 @@ def elbo(
   analytic_kl: bool = True,
   estimator: str = "reparam",
   free_bits: float = 0.0,
+  log_prior: LogPrior | None = None,
 ) -> jax.Array:
   """Evidence lower bound E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), per example.
 
@@ -234,9 +271,10 @@ def elbo(
   beta = beta * kl_warmup(step, steps), Bowman et al. 2016; Sønderby et al. 2016).
 
   Args:
-    key, x, encode, log_likelihood, num_samples: as in log_weights.
+    key, x, encode, log_likelihood, num_samples, log_prior: as in log_weights.
     beta: weight of the KL term; may be a traced scalar (a warm-up schedule).
-    analytic_kl: closed-form KL, or its K-sample Monte Carlo estimate.
+    analytic_kl: closed-form KL to N(0, I), or its K-sample Monte Carlo estimate
+      (needed with a log_prior).
     estimator: "reparam" or "stl" (STL needs analytic_kl=False).
     free_bits: lambda >= 0, a floor on the KL of each latent dimension of
       each example: the KL term becomes sum_i max(lambda, KL_i) (Kingma et
@@ -265,6 +303,7 @@ def elbo(
     num_samples=num_samples,
     analytic_kl=analytic_kl,
     estimator=estimator,
+    log_prior=log_prior,
   )
   return weighted_elbo(terms, beta=beta, free_bits=free_bits)
 
@@ -292,6 +331,7 @@ def iwae(
   *,
   num_samples: int,
   estimator: str = "reparam",
+  log_prior: LogPrior | None = None,
 ) -> jax.Array:
   """Importance-weighted bound logsumexp_k(log w_k) - log K (Burda et al. 2015).
 
@@ -301,7 +341,9 @@ def iwae(
   costs one extra forward pass of log_likelihood.
 
   Args:
-    key, x, encode, log_likelihood, num_samples: as in log_weights.
+    key, x, encode, log_likelihood, num_samples, log_prior: as in log_weights. STL and
+      DReG hold q's parameters constant in log q only: a prior's parameters get their
+      full gradient.
     estimator: "reparam", "stl" or "dreg".
 
   Returns:
@@ -318,14 +360,14 @@ def iwae(
   if estimator == "reparam":
     return iwae_bound(
       _log_likelihood_over_samples(log_likelihood, x, z)
-      + _log_prior_minus_log_q(z, q.mean, q.logvar, q.eps)
+      + _log_prior_minus_log_q(z, q.mean, q.logvar, q.eps, log_prior)
     )
   # log q(z|x) sees q's parameters as constants: its gradient flows along z only.
   mean, logvar = jax.lax.stop_gradient((q.mean, q.logvar))
 
   def log_weights_at(z_KxBxZ):
     return _log_likelihood_over_samples(log_likelihood, x, z_KxBxZ) + _log_prior_minus_log_q(
-      z_KxBxZ, mean, logvar
+      z_KxBxZ, mean, logvar, log_prior=log_prior
     )
 
   log_w = log_weights_at(z)
@@ -354,30 +396,29 @@ def importance_log_likelihood(
   log_likelihood: LogLikelihood,
   *,
   num_samples: int,
-  chunk_size: int,
-  return_standard_error: bool = False,
-) -> jax.Array | LogLikelihoodEstimate:
+  chunk_size: int = 100,
+  log_prior: LogPrior | None = None,
+) -> jax.Array:
   """Importance-sampled estimate of log p(x) with q(z|x) as proposal.
 
   log p(x) ~= logsumexp_k(log w_k) - log K, the IWAE bound with K = num_samples
-  (5,000 is the standard in papers); see importance_log_likelihood_from_log_weights.
+  (5,000 is the standard in papers); see importance_log_likelihood_from_log_weights,
+  which also gives the estimate's Monte Carlo standard error.
 
   Args:
-    key, x, encode, log_likelihood: as in log_weights.
-    num_samples, chunk_size, return_standard_error: as in
-      importance_log_likelihood_from_log_weights.
+    key, x, encode, log_likelihood, log_prior: as in log_weights.
+    num_samples, chunk_size: as in importance_log_likelihood_from_log_weights.
 
   Returns:
-    log p(x), [batch]; or a LogLikelihoodEstimate of two [batch] arrays.
+    log p(x), [batch].
   """
   x = jnp.asarray(x)
   return importance_log_likelihood_from_log_weights(
-    lambda key, size: log_weights(key, x, encode, log_likelihood, size),
+    lambda key, size: log_weights(key, x, encode, log_likelihood, size, log_prior=log_prior),
     key,
     num_samples=num_samples,
     chunk_size=chunk_size,
-    return_standard_error=return_standard_error,
-  )
+  ).log_px
 
 
 def importance_log_likelihood_from_log_weights(
@@ -385,10 +426,9 @@ def importance_log_likelihood_from_log_weights(
   key: jax.Array,
   *,
   num_samples: int,
-  chunk_size: int,
-  return_standard_error: bool = False,
-) -> jax.Array | LogLikelihoodEstimate:
-  """Importance-sampled log p(x) for any model that draws its own log-weights.
+  chunk_size: int = 100,
+) -> LogLikelihoodEstimate:
+  """Importance-sampled log p(x) and its standard error, for any model's log-weights.
 
   The K samples are drawn chunk_size at a time in a lax.scan with a streaming
   logsumexp, so memory is O(chunk_size * batch) whatever K is. Chunk i uses
@@ -401,11 +441,10 @@ def importance_log_likelihood_from_log_weights(
     key: a JAX random key.
     num_samples: K, the total number of importance samples.
     chunk_size: samples drawn per step; the last chunk may be smaller.
-    return_standard_error: also return the delta-method standard error of
-      the estimate, sqrt((mean(w^2) / mean(w)^2 - 1) / (K - 1)).
 
   Returns:
-    log p(x), [batch]; or a LogLikelihoodEstimate of two [batch] arrays.
+    A LogLikelihoodEstimate of two [batch] arrays: log p(x), and the delta-method
+    standard error of the estimate, sqrt((mean(w^2) / mean(w)^2 - 1) / (K - 1)).
   """
   distributions.check_num_samples(num_samples)
   distributions.check_num_samples(chunk_size, "chunk_size")
@@ -437,8 +476,6 @@ def importance_log_likelihood_from_log_weights(
     log_sum_w, log_sum_w2 = jnp.logaddexp(log_sum_w, rest[0]), jnp.logaddexp(log_sum_w2, rest[1])
   log_k = math.log(num_samples)
   log_px = log_sum_w - log_k
-  if not return_standard_error:
-    return log_px
   # mean(w^2) / mean(w)^2 - 1 >= 0, computed in log space with expm1.
   excess = jnp.maximum(jnp.expm1(log_sum_w2 + log_k - 2.0 * log_sum_w), 0.0)
   standard_error = jnp.sqrt(excess / max(num_samples - 1, 1))

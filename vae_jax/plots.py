@@ -44,7 +44,8 @@ def save_png(path: str, picture: np.ndarray) -> None:
 def prior_samples(model, key, *, rows: int, columns: int, labels=None) -> np.ndarray:
   """Mean images of p(x|z) at prior draws of z; for a conditional model pass
   labels [rows * columns] (one class per row gives one row per class)."""
-  samples = jax.jit(model.decode_prior, static_argnums=1)(key, rows * columns, labels)
+  decode_prior = jax.jit(model.decode_prior, static_argnames="num_samples")
+  samples = decode_prior(key, labels, num_samples=rows * columns)
   return image_grid(samples, columns=columns)
 
 
@@ -73,8 +74,11 @@ def reconstructions(model, x, images, labels=None, *, columns: int = 8) -> np.nd
 def latent_manifold(model, *, size: int = 20, labels=None) -> np.ndarray:
   """Decoder means over a size x size grid of a 2-D latent space, spaced by the Gaussian
   inverse CDF (Kingma & Welling 2013, Figure 4)."""
-  if model.latent_dim != 2 or hasattr(model, "top_latent_dim"):
-    raise ValueError(f"latent_manifold needs a 2-D latent space, got {model.latent_dim}.")
+  if model.latent_dim != 2 or not model.has_analytic_kl:
+    raise ValueError(
+      f"latent_manifold needs a 2-D latent space with a N(0, I) prior, got {model.latent_dim} "
+      f"dimensions{'' if model.has_analytic_kl else ' and another prior'}."
+    )
   quantiles = jax.scipy.special.ndtri(jnp.linspace(0.5 / size, 1 - 0.5 / size, size))
   # Columns run along z1 (increasing), rows along z2 (decreasing, so up is up).
   z1, z2 = jnp.meshgrid(quantiles, quantiles[::-1], indexing="xy")
@@ -129,10 +133,12 @@ def latent_scatter(means: np.ndarray, labels: np.ndarray | None = None) -> np.nd
 
 
 def training_curves(records: list[dict]) -> np.ndarray:
-  """Train objective and evaluation ELBOs per epoch, from metrics.jsonl's records."""
+  """The training objective (-loss) and evaluation ELBOs per epoch, from metrics.jsonl."""
   figure, axes = _figure()
   epochs = [record["epoch"] for record in records]
-  for name in ("train/objective", "valid/elbo", "test/elbo"):
+  if "train/loss" in records[0]:
+    axes.plot(epochs, [-record["train/loss"] for record in records], label="train objective")
+  for name in ("valid/elbo", "test/elbo"):
     if name in records[0]:
       axes.plot(epochs, [record[name] for record in records], label=name)
   axes.set_xlabel("epoch")

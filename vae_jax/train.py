@@ -34,9 +34,18 @@ import optax
 from absl import logging
 from flax import nnx
 
-from vae_jax import checkpoints, data, evaluation, metrics, models, objectives, parallel, plots
+from vae_jax import (
+  checkpoints,
+  data,
+  evaluation,
+  metrics,
+  models,
+  objectives,
+  parallel,
+  plots,
+  priors,
+)
 
-OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "cosine", "burda")
 MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32")
 
@@ -120,6 +129,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config.dtype in ("float32", "bfloat16"),
     f"dtype={config.dtype!r}; choose 'float32' or 'bfloat16'.",
   )
+  check(config.prior in priors.PRIORS, f"prior={config.prior!r}; choose one of {priors.PRIORS}.")
+  check(config.prior_components >= 1, f"prior_components={config.prior_components} must be >= 1.")
+  if config.prior != "standard_normal":
+    check(
+      not (config.objective == "elbo" and config.analytic_kl),
+      f"prior={config.prior!r} has no closed-form KL: set analytic_kl=False (the KL is then "
+      "estimated by Monte Carlo).",
+    )
+    check(
+      config.stochastic_layers == 1,
+      f"prior={config.prior!r} is a prior of one stochastic layer: set stochastic_layers=1.",
+    )
+  check(
+    not (config.prior == "vampprior" and config.conditional),
+    "prior='vampprior' reads pseudo-inputs without labels: set conditional=False.",
+  )
   for name in ("matmul_precision", "eval_matmul_precision"):
     check(
       config[name] in MATMUL_PRECISIONS,
@@ -180,9 +205,71 @@ def make_model(
     num_classes=num_classes if config.conditional else 0,
     gaussian_logvar=config.gaussian_logvar,
     num_components=config.num_components,
+    prior=config.prior,
+    prior_components=config.prior_components,
     dtype=jnp.dtype(config.dtype),
     rngs=rngs,
   )
+
+
+# --- Losses: loss_fn(model, key, x, labels, step) -> (loss, metrics) ----------------------
+#
+# The built-in objectives are entries of LOSSES, factories that read their options from
+# the config; a researcher's loss_fn takes the same arguments and goes through the same
+# jitted, scanned, seed-vmapped and sharded step. `labels` is None for unconditional
+# models; `step` is the global step (a traced int32), for schedules such as KL warm-up.
+
+
+def elbo_loss(config: ml_collections.ConfigDict, *, warmup_steps: int):
+  """-ELBO (beta, free bits and KL warm-up from the config) and its terms as metrics."""
+
+  def loss_fn(model, key, x, labels, step):
+    terms = model.elbo_terms(
+      key,
+      x,
+      labels,
+      num_samples=config.num_samples,
+      analytic_kl=config.analytic_kl,
+      estimator=config.estimator,
+    )
+    beta = config.beta * objectives.kl_warmup(step, warmup_steps)
+    value = objectives.weighted_elbo(terms, beta=beta, free_bits=config.free_bits)
+    # One reduction for the loss and the metrics: each would be a kernel of its own.
+    objective, reconstruction, kl = jnp.mean(
+      jnp.stack([value, terms.reconstruction, terms.kl]), axis=1
+    )
+    return -objective, {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+
+  return loss_fn
+
+
+def iwae_loss(config: ml_collections.ConfigDict, *, warmup_steps: int):
+  """-IWAE bound with config.num_samples samples and config.estimator's gradient."""
+  del warmup_steps  # the IWAE bound has no KL term to warm up
+
+  def loss_fn(model, key, x, labels, step):
+    value = model.iwae(key, x, labels, num_samples=config.num_samples, estimator=config.estimator)
+    return -jnp.mean(value), {}  # the bound is -loss
+
+  return loss_fn
+
+
+LOSSES = {"elbo": elbo_loss, "iwae": iwae_loss}
+OBJECTIVES = tuple(LOSSES)
+
+
+def _checked_loss(loss_fn, model, key, x, labels, step):
+  """loss_fn's (loss, metrics), checked to be scalars; "loss" joins the metrics (the
+  built-ins log no copy of it: the IWAE bound, or the ELBO at beta = 1, is -loss)."""
+  loss, metrics = loss_fn(model, key, x, labels, step)
+  named = {"loss": loss, **metrics}
+  for name, value in named.items():
+    if jnp.shape(value) != ():
+      raise ValueError(
+        f"loss_fn must return a scalar loss and a dict of scalar metrics; its {name!r} has "
+        f"shape {jnp.shape(value)}. Reduce over the batch (e.g. jnp.mean) inside loss_fn."
+      )
+  return loss, named
 
 
 def learning_rate_schedule(
@@ -233,7 +320,14 @@ def _matmul_precision(name: str):
 class Experiment:
   """Everything derived from a config and a dataset: the model, optimizer and jitted functions."""
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: data.Dataset):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    *,
+    loss_fn=None,
+    model: models.LatentVariableModel | None = None,
+  ):
     validate_config(config)
     data.check_binarization(dataset, config.binarization)
     if config.conditional and not dataset.num_classes:
@@ -255,13 +349,21 @@ class Experiment:
         f"{self.steps_per_epoch} steps of an epoch."
       )
     self.total_steps = config.num_epochs * self.steps_per_epoch
-    self.warmup_steps = config.kl_warmup_epochs * self.steps_per_epoch
-    self.make_model = lambda rngs: make_model(
-      config, dataset.image_shape, dataset.num_classes, rngs
-    )
+    if model is None:
+      self.make_model = lambda rngs: make_model(
+        config, dataset.image_shape, dataset.num_classes, rngs
+      )
+    else:  # every seed starts from the given module's parameters
+      models.check_model(model)
+      self.make_model = lambda rngs: model
     abstract_model = nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0)))
     self.graphdef = nnx.graphdef(abstract_model)
-    self.integer_data = abstract_model.likelihood.integer_data
+    self.integer_data = abstract_model.integer_data
+    self.conditional = abstract_model.num_classes > 0
+    self.latent_dim = abstract_model.latent_dim
+    self.loss_fn = loss_fn or LOSSES[config.objective](
+      config, warmup_steps=config.kl_warmup_epochs * self.steps_per_epoch
+    )
     self.optimizer = make_optimizer(config, self.steps_per_epoch)
     # A (seeds, data) mesh over every device (see parallel.py): the state is split along
     # its seed axis, each step's batch along "data", and the training data by rows. The
@@ -351,31 +453,9 @@ class Experiment:
   # --- Training ----------------------------------------------------------------------
 
   def _loss(self, params, x, labels, key, step):
-    """-mean(objective) over the batch, and the metrics to report."""
-    config = self.config
-    model = self.model(params)
-    labels = labels if config.conditional else None
-    if config.objective == "elbo":
-      terms = model.elbo_terms(
-        key,
-        x,
-        labels,
-        num_samples=config.num_samples,
-        analytic_kl=config.analytic_kl,
-        estimator=config.estimator,
-      )
-      beta = config.beta * objectives.kl_warmup(step, self.warmup_steps)
-      value = objectives.weighted_elbo(terms, beta=beta, free_bits=config.free_bits)
-      # One reduction for the loss and the metrics: each would be a kernel of its own.
-      objective, reconstruction, kl = jnp.mean(
-        jnp.stack([value, terms.reconstruction, terms.kl]), axis=1
-      )
-      aux = {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
-    else:
-      value = model.iwae(key, x, labels, num_samples=config.num_samples, estimator=config.estimator)
-      objective = jnp.mean(value)
-      aux = {"iwae": objective}
-    return -objective, {"objective": objective, **aux}
+    """The loss to minimize and the metrics to report (see _checked_loss)."""
+    labels = labels if self.conditional else None
+    return _checked_loss(self.loss_fn, self.model(params), key, x, labels, step)
 
   def step_inputs(self, images, step_key, step):
     """The model inputs of a step and its objective's key: fresh binary draws at every step."""
@@ -575,6 +655,8 @@ def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
   *,
+  loss_fn=None,
+  model: models.LatentVariableModel | None = None,
   dataset: data.Dataset | None = None,
   command: str | None = None,
 ) -> dict[str, Any]:
@@ -585,6 +667,11 @@ def train_and_evaluate(
   Args:
     config: an experiment config (see experiments/configs/default.py).
     workdir: where checkpoints, metrics, pictures and summary.json go.
+    loss_fn: loss_fn(model, key, x, labels, step) -> (loss, metrics), a scalar to
+      minimize and a dict of scalars to log under their own names; None: the built-in
+      LOSSES[config.objective].
+    model: an NNX module implementing vae_jax.models.LatentVariableModel, trained from
+      its current parameters (every seed starts from them); None: built from the config.
     dataset: the data; loaded from config.dataset when None.
     command: the command line to record in summary.json.
 
@@ -600,7 +687,7 @@ def train_and_evaluate(
       manual_dir=config.manual_dir,
       validation_size=config.validation_size,
     )
-  experiment = Experiment(config, dataset)
+  experiment = Experiment(config, dataset, loss_fn=loss_fn, model=model)
   main_process = parallel.is_main_process()  # the only process that writes files
   os.makedirs(workdir, exist_ok=True)
   if main_process:
@@ -671,12 +758,12 @@ def train_and_evaluate(
             writer.write(step, record)
           eta = np.median(seconds_per_epoch) * (config.num_epochs - epoch)
           logging.info(
-            "epoch %d/%d step %d | train objective %.2f | test elbo %.2f"
+            "epoch %d/%d step %d | train loss %.2f | test elbo %.2f"
             " (reconstruction %.2f, kl %.2f) | %.0f img/s | ETA %s",
             epoch,
             config.num_epochs,
             step,
-            record["train/objective"],
+            record["train/loss"],
             record["test/elbo"],
             record["test/reconstruction"],
             record["test/kl"],
@@ -759,7 +846,7 @@ def save_pictures(experiment: Experiment, model, x, labels, workdir) -> list[str
   manifold.png (2-D latents), training_curves.png (when metrics.jsonl exists).
   """
   config = experiment.config
-  conditional = config.conditional
+  conditional = experiment.conditional
   num_classes = experiment.dataset.num_classes
   images = x.astype(jnp.float32) / (255.0 if experiment.integer_data else 1.0)
   pictures = {}
@@ -785,7 +872,7 @@ def save_pictures(experiment: Experiment, model, x, labels, workdir) -> list[str
   pictures["latent_scatter"] = plots.latent_scatter(
     jax.device_get(means), jax.device_get(labels) if num_classes else None
   )
-  if config.latent_dim == 2 and config.stochastic_layers == 1:
+  if model.latent_dim == 2 and model.has_analytic_kl:  # a 2-D latent with a N(0, I) prior
     pictures["manifold"] = plots.latent_manifold(model, labels=0 if conditional else None)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(metrics_path):
@@ -828,6 +915,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
   config.num_components = 10  # discretized logistic mixture components
   config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)
+  config.prior = "standard_normal"  # | "mixture" (of Gaussians, learned) | "vampprior"
+  config.prior_components = 500  # mixture components / VampPrior pseudo-inputs
   # Objective.
   config.objective = "elbo"  # "elbo" | "iwae"
   config.num_samples = 1  # K

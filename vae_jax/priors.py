@@ -1,0 +1,120 @@
+"""Priors p(z) as NNX modules: log_prob(z, encode) -> [...] and sample(key, num_samples, encode).
+
+Each is what vae_jax.objectives takes as log_prior once the encoder is bound:
+`lambda z: prior.log_prob(z, encode)`. `encode` is only read by the VampPrior, whose
+components are the encoder's own posteriors; the others ignore it.
+"""
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vae_jax import distributions
+
+PRIORS = ("standard_normal", "mixture", "vampprior")
+Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def log_mixture_of_gaussians(
+  z: jax.Array, log_weights: jax.Array, means: jax.Array, logvars: jax.Array
+) -> jax.Array:
+  """log sum_c w_c N(z; mean_c, diag(exp(logvar_c))) for z [..., latent]: [...].
+
+  Args:
+    log_weights: normalized log mixture weights, [C].
+    means, logvars: the components', [C, latent].
+  """
+  log_components = distributions.log_normal(z[..., None, :], means, logvars)  # [..., C]
+  log_weights = jnp.broadcast_to(log_weights, log_components.shape)
+  return jax.nn.logsumexp(log_components + log_weights, axis=-1)
+
+
+def _sample_components(key, log_weights, means, logvars, num_samples):
+  means, logvars = jnp.asarray(means), jnp.asarray(logvars)  # host arrays when drawing pictures
+  key_component, key_noise = jax.random.split(key)
+  c = jax.random.categorical(key_component, log_weights, shape=(num_samples,))
+  eps = jax.random.normal(key_noise, (num_samples, means.shape[-1]), means.dtype)
+  return means[c] + jnp.exp(0.5 * logvars[c]) * eps
+
+
+class StandardNormal(nnx.Module):
+  """p(z) = N(0, I): no parameters."""
+
+  def __init__(self, latent_dim: int):
+    self.latent_dim = latent_dim
+
+  def log_prob(self, z: jax.Array, encode: Encoder | None = None) -> jax.Array:
+    return distributions.log_standard_normal(z)
+
+  def sample(self, key: jax.Array, num_samples: int, encode: Encoder | None = None) -> jax.Array:
+    return jax.random.normal(key, (num_samples, self.latent_dim))
+
+
+class MixtureOfGaussians(nnx.Module):
+  """p(z) = sum_c softmax(logits)_c N(z; mean_c, diag(exp(logvar_c))), all learned.
+
+  The means start as draws from N(0, I), the variances at 1 and the weights equal, so
+  that the prior starts close to N(0, I) (Tomczak & Welling 2018, "MoG prior").
+  """
+
+  def __init__(self, latent_dim: int, *, num_components: int, rngs: nnx.Rngs):
+    self.latent_dim = latent_dim
+    self.means = nnx.Param(jax.random.normal(rngs.params(), (num_components, latent_dim)))
+    self.logvars = nnx.Param(jnp.zeros((num_components, latent_dim)))
+    self.logits = nnx.Param(jnp.zeros((num_components,)))
+
+  def log_prob(self, z: jax.Array, encode: Encoder | None = None) -> jax.Array:
+    log_weights = jax.nn.log_softmax(self.logits[...])
+    return log_mixture_of_gaussians(z, log_weights, self.means[...], self.logvars[...])
+
+  def sample(self, key: jax.Array, num_samples: int, encode: Encoder | None = None) -> jax.Array:
+    log_weights = jax.nn.log_softmax(self.logits[...])
+    return _sample_components(key, log_weights, self.means[...], self.logvars[...], num_samples)
+
+
+class VampPrior(nnx.Module):
+  """p(z) = 1/C sum_c q(z | u_c): the encoder's posteriors at C learned pseudo-inputs u_c.
+
+  The pseudo-inputs live in data space and pass through a hard tanh into [0, 1], as in
+  the authors' code; they start at N(0.05, 0.01^2), inside [0, 1] so that the hard
+  tanh passes their gradient (the authors' default, N(-0.05, 0.01^2), starts every
+  pixel at the clip). They are trained through the encoder by every objective, since
+  the prior's log-density is computed through it.
+
+  References:
+    Tomczak & Welling 2018, "VAE with a VampPrior", https://arxiv.org/abs/1705.07120.
+  """
+
+  def __init__(self, image_shape: Sequence[int], *, num_components: int, rngs: nnx.Rngs):
+    shape = (num_components, *image_shape)
+    self.pseudo_inputs = nnx.Param(0.05 + 0.01 * jax.random.normal(rngs.params(), shape))
+
+  def _components(self, encode: Encoder) -> tuple[jax.Array, jax.Array]:
+    if encode is None:
+      raise ValueError("the VampPrior's components are the encoder's posteriors: pass encode.")
+    return encode(jnp.clip(self.pseudo_inputs[...], 0.0, 1.0))
+
+  def log_prob(self, z: jax.Array, encode: Encoder | None = None) -> jax.Array:
+    means, logvars = self._components(encode)
+    uniform = jnp.full(means.shape[:1], -jnp.log(means.shape[0]), means.dtype)
+    return log_mixture_of_gaussians(z, uniform, means, logvars)
+
+  def sample(self, key: jax.Array, num_samples: int, encode: Encoder | None = None) -> jax.Array:
+    means, logvars = self._components(encode)
+    uniform = jnp.zeros(means.shape[:1], means.dtype)
+    return _sample_components(key, uniform, means, logvars, num_samples)
+
+
+def make_prior(
+  name: str, *, latent_dim: int, image_shape: Sequence[int], num_components: int, rngs: nnx.Rngs
+) -> StandardNormal | MixtureOfGaussians | VampPrior:
+  """The prior called `name` (one of PRIORS)."""
+  if name == "standard_normal":
+    return StandardNormal(latent_dim)
+  if name == "mixture":
+    return MixtureOfGaussians(latent_dim, num_components=num_components, rngs=rngs)
+  if name == "vampprior":
+    return VampPrior(image_shape, num_components=num_components, rngs=rngs)
+  raise ValueError(f"Unknown prior {name!r}; choose one of {PRIORS}.")
