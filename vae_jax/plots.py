@@ -136,8 +136,9 @@ def training_curves(records: list[dict]) -> np.ndarray:
   """The training objective (-loss) and evaluation ELBOs per epoch, from metrics.jsonl."""
   figure, axes = _figure()
   epochs = [record["epoch"] for record in records]
-  if "train/loss" in records[0]:
-    axes.plot(epochs, [-record["train/loss"] for record in records], label="train objective")
+  # -loss; records written before the loss was logged have "train/objective" instead.
+  train = [(r["epoch"], -r.get("train/loss", -r.get("train/objective", np.nan))) for r in records]
+  axes.plot(*zip(*train), label="train objective")
   for name in ("valid/elbo", "test/elbo"):
     if name in records[0]:
       axes.plot(epochs, [record[name] for record in records], label=name)

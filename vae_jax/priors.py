@@ -77,11 +77,9 @@ class MixtureOfGaussians(nnx.Module):
 class VampPrior(nnx.Module):
   """p(z) = 1/C sum_c q(z | u_c): the encoder's posteriors at C learned pseudo-inputs u_c.
 
-  The pseudo-inputs live in data space and pass through a hard tanh into [0, 1], as in
-  the authors' code; they start at N(0.05, 0.01^2), inside [0, 1] so that the hard
-  tanh passes their gradient (the authors' default, N(-0.05, 0.01^2), starts every
-  pixel at the clip). They are trained through the encoder by every objective, since
-  the prior's log-density is computed through it.
+  The pseudo-inputs live in data space and pass through a hard tanh into [0, 1], and
+  start at N(0.05, 0.01^2), as in the authors' code for MNIST. They are trained through
+  the encoder by every objective, since the prior's log-density is computed through it.
 
   References:
     Tomczak & Welling 2018, "VAE with a VampPrior", https://arxiv.org/abs/1705.07120.
