@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_train import make_small_dataset, tiny_config
 
 from vae_jax import evaluation, models, priors, train
 
@@ -101,27 +102,8 @@ def test_a_non_standard_prior_needs_a_sampled_kl_and_evaluates_without_per_dimen
 
 @pytest.mark.parametrize("prior", ["mixture", "vampprior"])
 def test_priors_train_and_evaluate_through_the_built_in_paths(prior, tmp_path):
-  config = train.build_config(
-    dict(
-      hidden=(32,),
-      latent_dim=4,
-      batch_size=50,
-      num_epochs=2,
-      eval_batch_size=50,
-      eval_num_samples=20,
-      eval_chunk_size=10,
-      prior=prior,
-      prior_components=10,
-      analytic_kl=False,
-    )
-  )
-  full = train.data.load_mnist_5k()
-  dataset = train.data.make_dataset(
-    (full.train_images[::10], full.train_labels[::10]),
-    (full.test_images[::10], full.test_labels[::10]),
-    num_classes=10,
-  )
-  summary = train.train_and_evaluate(config, str(tmp_path), dataset=dataset)
+  config = tiny_config(prior=prior, prior_components=10, analytic_kl=False)
+  summary = train.train_and_evaluate(config, str(tmp_path), dataset=make_small_dataset())
   assert np.isfinite(summary["test_log_likelihood"])
   assert summary["test_iwae_50"] <= summary["test_log_likelihood"] + 1.0
   assert (tmp_path / "samples.png").exists()

@@ -496,7 +496,7 @@ class VAE(_ImageModel):
       return None
     return lambda z: self.prior.log_prob(z, self.encode)
 
-  # The interface that training and evaluation use for every VAE (see TwoStochasticLayerVAE).
+  # The rest of LatentVariableModel.
 
   def elbo_terms(
     self,

@@ -360,7 +360,6 @@ class Experiment:
     self.graphdef = nnx.graphdef(abstract_model)
     self.integer_data = abstract_model.integer_data
     self.conditional = abstract_model.num_classes > 0
-    self.latent_dim = abstract_model.latent_dim
     self.loss_fn = loss_fn or LOSSES[config.objective](
       config, warmup_steps=config.kl_warmup_epochs * self.steps_per_epoch
     )
