@@ -18,7 +18,9 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from vae_jax import checkpoints, data, parallel, train
+from vae_jax import checkpoints, data, parallel, report
+from vae_jax.config import get_default_config, validate_config
+from vae_jax.experiment import Experiment
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 _NUM_SAMPLES = flags.DEFINE_integer(
@@ -35,42 +37,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise app.UsageError(f"{workdir} has no config.json: is it a workdir of experiments.train?")
-  config = train.get_default_config()  # fields added since the workdir was written
+  config = get_default_config()  # fields added since the workdir was written
   with open(path) as f:
     config.update(json.load(f))
   return config
-
-
-def markdown(report: dict, split: str) -> str:
-  """eval.md: one table of the numbers with their standard errors, then the settings."""
-  lines = [f"# Evaluation of {report['dataset']} ({split} split)", "", "| metric | value |"]
-  lines.append("|---|---|")
-  for name, value in report.items():
-    if not name.startswith(f"{split}_") or name.endswith("_stderr") or isinstance(value, list):
-      continue
-    stderr = report.get(f"{name}_stderr")
-    shown = f"{value:.3f} ± {stderr:.3f}" if stderr is not None else f"{value:.4g}"
-    lines.append(f"| {name[len(split) + 1 :]} | {shown} |")
-  lines += ["", "± is the standard error over examples."]
-  kl = report.get(f"{split}_kl_per_dimension")  # absent where the prior does not factorize
-  if kl and isinstance(kl[0], list):
-    kl = kl[0]  # several seeds: the first
-  if kl:
-    lines[-1] += " KL per latent dimension (nats): " + ", ".join(f"{v:.2f}" for v in kl)
-  lines.append("")
-  for name in (
-    "binarization",
-    "binarization_seed",
-    "iwae_samples",
-    "log_likelihood_num_samples",
-    "num_seeds",
-    "steps",
-    "device",
-    "evaluation_seconds",
-    "command",
-  ):
-    lines.append(f"- {name}: {report.get(name)}")
-  return "\n".join(lines) + "\n"
 
 
 def main(argv):
@@ -86,7 +56,7 @@ def main(argv):
   for name, flag in (("data_dir", _DATA_DIR), ("manual_dir", _MANUAL_DIR)):
     if flag.value is not None:
       config[name] = flag.value
-  train.validate_config(config)
+  validate_config(config)
   parallel.initialize_distributed(config)
   dataset = data.load(
     config.dataset,
@@ -94,7 +64,7 @@ def main(argv):
     manual_dir=config.manual_dir,
     validation_size=config.validation_size,
   )
-  experiment = train.Experiment(config, dataset)
+  experiment = Experiment(config, dataset)
   checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
   step = checkpointer.latest_step()
   if step is None:
@@ -109,20 +79,20 @@ def main(argv):
     raise app.UsageError(f"{config.dataset} has no {_SPLIT.value} split in this config.")
   x, labels = experiment.eval_inputs(images, labels)
   command = shlex.join(["python", "-m", "experiments.evaluate", *sys.argv[1:]])
-  report = train.evaluation_report(
+  results = report.evaluation_report(
     experiment, state["params"], x, labels, split=_SPLIT.value, command=command
   )
-  report["steps"] = step
+  results["steps"] = step
   first_seed = experiment.seed_params(state["params"], 0)  # every process takes part
   if not parallel.is_main_process():
     return
   with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=2)
+    json.dump(results, f, indent=2)
   with open(os.path.join(workdir, "eval.md"), "w") as f:
-    f.write(markdown(report, _SPLIT.value))
+    f.write(report.markdown(results, _SPLIT.value))
   first_seed, x, labels = jax.device_get((first_seed, x, labels))
-  pictures = train.save_pictures(experiment, experiment.model(first_seed), x, labels, workdir)
-  print(markdown(report, _SPLIT.value))
+  pictures = report.save_pictures(experiment, experiment.model(first_seed), x, labels, workdir)
+  print(report.markdown(results, _SPLIT.value))
   print("Pictures:", ", ".join(pictures))
 
 

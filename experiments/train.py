@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vae_jax import train
+from vae_jax.config import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "experiments/configs/default.py", "Experiment config file.", lock_config=True
@@ -28,7 +29,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   command = shlex.join(["python", "-m", "experiments.train", *sys.argv[1:]])
   config = _CONFIG.value
-  train.validate_config(config)
+  validate_config(config)
   train.train_and_evaluate(config, _WORKDIR.value, command=command)
 
 

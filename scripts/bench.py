@@ -12,7 +12,7 @@ Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
 Bernoulli), batch 100 (or each of --batch_sizes), Adam, dynamic binarization,
 on the embedded 4,000 training digits. In the same run, interleaved round by round so that a noisy
 machine affects both alike, it times:
-  - the library: vae_jax.train.Experiment.train_chunk, one epoch per call, with
+  - the library: vae_jax.experiment.Experiment.train_chunk, one epoch per call, with
     train_and_evaluate's copy of the state before each call;
   - a baseline: the same model, optimizer, shuffling and binarization written
     as a minimal hand-written JAX loop (jit over a lax.scan of steps);
@@ -60,7 +60,9 @@ import optax
 from absl import app, flags
 
 import vae_jax
-from vae_jax import data, evaluation, train
+from vae_jax import data, evaluation
+from vae_jax.config import build_config
+from vae_jax.experiment import Experiment
 
 _KS = flags.DEFINE_list("ks", ["1", "50"], "Numbers of samples K to measure (1: ELBO, >1: IWAE).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; medians are reported.")
@@ -211,7 +213,7 @@ def scan_body_kernels(compiled) -> int:
 
 def step_kernels(dataset, k: int, batch_size: int) -> tuple[int, int]:
   """Kernels per step of the library's compiled training call and of the minimal loop's."""
-  experiment = train.Experiment(iwae_or_elbo_config(k, batch_size=batch_size), dataset)
+  experiment = Experiment(iwae_or_elbo_config(k, batch_size=batch_size), dataset)
   library = experiment.train_chunk.lower(
     experiment.initial_state(), *experiment.train_inputs()
   ).compile()
@@ -239,8 +241,8 @@ def eval_flops_per_sample() -> float:
 
 def bench_evaluation(dataset) -> None:
   """IS-5000 over a test set: vae_jax.evaluation at each precision, and a per-example loop."""
-  config = train.build_config()
-  experiment = train.Experiment(config, dataset)
+  config = build_config()
+  experiment = Experiment(config, dataset)
   params = experiment.seed_params(experiment.initial_state()["params"], 0)
   model = experiment.model(params)
   reps = -(-_EVAL_IMAGES.value // len(dataset.test_images))
@@ -310,9 +312,9 @@ def bench_evaluation(dataset) -> None:
 
 def bench_time_to_quality() -> None:
   """Training seconds until the test ELBO on full MNIST exceeds --target."""
-  config = train.build_config(dict(dataset="mnist", data_dir=_DATA_DIR.value))
+  config = build_config(dict(dataset="mnist", data_dir=_DATA_DIR.value))
   dataset = data.load("mnist", data_dir=_DATA_DIR.value)
-  experiment = train.Experiment(config, dataset)
+  experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
   test_x, test_labels = experiment.eval_inputs(dataset.test_images, dataset.test_labels)
@@ -398,7 +400,7 @@ def main(argv):
 
 def iwae_or_elbo_config(k: int, **overrides):
   """The default config with K samples: the ELBO with analytic KL at K=1, IWAE beyond."""
-  return train.build_config(
+  return build_config(
     dict(objective="elbo" if k == 1 else "iwae", num_samples=k, analytic_kl=k == 1, **overrides)
   )
 
@@ -407,7 +409,7 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   """The library's training epochs against the minimal loop's, interleaved round by round."""
   num_train = dataset.train_images.shape[0]
   config = iwae_or_elbo_config(k, batch_size=batch_size, dtype=_DTYPE.value)
-  experiment = train.Experiment(config, dataset)
+  experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
   base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train)
@@ -452,7 +454,7 @@ def bench_precision(dataset) -> None:
   that the runs maximize.
   """
   # The library's per-example evaluation, with 50 samples for the IWAE-50 bound.
-  evaluator = train.Experiment(
+  evaluator = Experiment(
     iwae_or_elbo_config(50, eval_num_samples=50, eval_chunk_size=50, eval_iwae_samples=(50,)),
     dataset,
   )
@@ -462,7 +464,7 @@ def bench_precision(dataset) -> None:
   for dtype in ("float32", "bfloat16"):
     for seed in (0, 1):
       config = iwae_or_elbo_config(50, dtype=dtype, seed=seed)
-      experiment = train.Experiment(config, dataset)
+      experiment = Experiment(config, dataset)
       state = experiment.initial_state()
       keys, images, labels = experiment.train_inputs()
       train_chunk = experiment.train_chunk.lower(state, keys, images, labels).compile()

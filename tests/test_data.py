@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import data, train
+from vae_jax import data
+from vae_jax.config import build_config, validate_config
+from vae_jax.experiment import Experiment
 
 SHARED_DATA = os.environ.get(
   "VAE_JAX_SHARED_DATA", os.path.join(helpers.REPO, "..", "shared", "data")
@@ -118,9 +120,7 @@ def test_frey_faces():
 
 
 def test_dynamic_binarization_is_fresh_per_epoch_and_identical_for_the_same_seed():
-  experiment = train.Experiment(
-    train.build_config(dict(hidden=(8,), latent_dim=2)), data.load_mnist_5k()
-  )
+  experiment = Experiment(build_config(dict(hidden=(8,), latent_dim=2)), data.load_mnist_5k())
   images = jnp.asarray(data.load_mnist_5k().train_images[:200])
   step_key = jax.random.key(7)
   first, _ = experiment.step_inputs(images, step_key, 3)
@@ -179,16 +179,16 @@ def test_truncated_file_fails_its_checksum_naming_the_file(tmp_path):
 
 
 def test_static_binarization_of_grey_images_is_refused():
-  experiment_config = train.build_config(dict(dataset="binarized_mnist", binarization="static"))
+  experiment_config = build_config(dict(dataset="binarized_mnist", binarization="static"))
   with pytest.raises(ValueError, match="have grey levels: use binarization='dynamic'"):
-    train.Experiment(experiment_config, data.load_mnist_5k())
+    Experiment(experiment_config, data.load_mnist_5k())
   with pytest.raises(ValueError, match="'static' is the binarization of"):
-    train.validate_config(train.build_config(dict(binarization="static")))
+    validate_config(build_config(dict(binarization="static")))
 
 
 def test_grey_pixels_into_a_bernoulli_likelihood_are_refused():
   with pytest.raises(ValueError, match="Bernoulli likelihood needs binary pixels"):
-    train.validate_config(train.build_config(dict(binarization="none")))
+    validate_config(build_config(dict(binarization="none")))
 
 
 def test_images_that_are_not_uint8_are_refused():
@@ -204,4 +204,4 @@ def test_conditional_model_on_unlabelled_data_is_refused():
   images = np.zeros((200, 28, 28, 1), np.uint8)
   unlabelled = data.make_dataset((images, None), (images, None), num_classes=0)
   with pytest.raises(ValueError, match="conditional=True needs class labels"):
-    train.Experiment(train.build_config(dict(conditional=True)), unlabelled)
+    Experiment(build_config(dict(conditional=True)), unlabelled)

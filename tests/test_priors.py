@@ -9,6 +9,7 @@ from flax import nnx
 from test_train import make_small_dataset, tiny_config
 
 from vae_jax import evaluation, models, priors, train
+from vae_jax.config import build_config, validate_config
 
 
 def grid_integral(log_prob, *, half_width=12.0, points=601):
@@ -111,4 +112,4 @@ def test_priors_train_and_evaluate_through_the_built_in_paths(prior, tmp_path):
 
 def test_a_non_standard_prior_with_the_analytic_kl_is_a_config_error():
   with pytest.raises(ValueError, match="set analytic_kl=False"):
-    train.validate_config(train.build_config(dict(prior="mixture")))
+    validate_config(build_config(dict(prior="mixture")))

@@ -7,7 +7,7 @@ import helpers
 import numpy as np
 import pytest
 
-from vae_jax import train
+from vae_jax import config as config_lib
 
 MARKER = "<!-- this example runs in tests/test_readme.py -->"
 
@@ -26,14 +26,14 @@ def test_the_readme_has_its_two_research_examples():
 def test_readme_example_runs(index, tmp_path, monkeypatch):
   """Runs the example with the config's budget cut down (1 epoch, a 20-sample IS estimate
   instead of 5,000) and checks what it trained and evaluated."""
-  build_config = train.build_config
+  build_config = config_lib.build_config
 
   def small(overrides=None):
     config = build_config(overrides)
     config.update(dict(num_epochs=1, eval_num_samples=20, eval_chunk_size=10))
     return config
 
-  monkeypatch.setattr(train, "build_config", small)
+  monkeypatch.setattr(config_lib, "build_config", small)
   monkeypatch.chdir(tmp_path)
   namespace = {}
   exec(readme_examples()[index], namespace)

@@ -15,6 +15,8 @@ from flax import nnx
 
 import vae_jax
 from vae_jax import checkpoints, data, models, train
+from vae_jax.config import build_config, validate_config
+from vae_jax.experiment import Experiment
 
 
 def make_small_dataset():
@@ -34,7 +36,7 @@ def small_dataset():
 
 
 def tiny_config(**overrides):
-  config = train.build_config(
+  config = build_config(
     dict(
       hidden=(32,),
       latent_dim=4,
@@ -159,7 +161,7 @@ def test_every_likelihood_head_and_architecture(likelihood, architecture, image_
 def test_golden_one_step(small_dataset):
   """A fixed first step. If a deliberate change to initialization, the objective or the
   optimizer moves these numbers, check the change, then update them from the failure message."""
-  experiment = train.Experiment(tiny_config(steps_per_call=1), small_dataset)
+  experiment = Experiment(tiny_config(steps_per_call=1), small_dataset)
   state = experiment.initial_state()
   state, step_metrics = experiment.train_chunk(state, *experiment.train_inputs())
   got = [-float(step_metrics["loss"][0]), float(step_metrics["gradient_norm"][0])]
@@ -173,7 +175,7 @@ def test_a_call_reports_its_mean_metrics_and_its_last_gradient_norm(small_datase
   gradient norm: the same as 4 calls of 1 step, and as the per-step diagnosis."""
   calls = {}
   for steps_per_call, num_calls in ((4, 1), (1, 4)):
-    experiment = train.Experiment(tiny_config(steps_per_call=steps_per_call), small_dataset)
+    experiment = Experiment(tiny_config(steps_per_call=steps_per_call), small_dataset)
     state, inputs = experiment.initial_state(), experiment.train_inputs()
     if steps_per_call == 4:
       _, per_step = experiment.trace_chunk(state, *inputs)
@@ -235,7 +237,7 @@ def test_bfloat16_step_is_finite_and_close_to_float32(small_dataset):
   """bf16 matmuls with float32 parameters and log-densities: one step, the same inputs."""
   results = {}
   for dtype in ("float32", "bfloat16"):
-    experiment = train.Experiment(
+    experiment = Experiment(
       tiny_config(steps_per_call=1, dtype=dtype, objective="iwae", num_samples=5), small_dataset
     )
     state = experiment.initial_state()
@@ -268,10 +270,10 @@ def _run_chunks(experiment, state, num_calls):
 
 
 def test_vmapped_seeds_equal_separate_runs(small_dataset):
-  together = train.Experiment(tiny_config(num_seeds=2, seed=5), small_dataset)
+  together = Experiment(tiny_config(num_seeds=2, seed=5), small_dataset)
   state = _run_chunks(together, together.initial_state(), 3)
   for i in range(2):
-    alone = train.Experiment(tiny_config(num_seeds=1, seed=5 + i), small_dataset)
+    alone = Experiment(tiny_config(num_seeds=1, seed=5 + i), small_dataset)
     separate = _run_chunks(alone, alone.initial_state(), 3)
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a[i], b[0], rtol=2e-5, atol=2e-6),
@@ -287,7 +289,8 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[2]}
 import jax, numpy as np
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 from test_train import sharded_training_run, tiny_config
-from vae_jax import data, train
+from vae_jax import data
+from vae_jax.experiment import Experiment
 assert jax.device_count() == int(sys.argv[2])
 results = {}
 for num_seeds in (1, 2):
@@ -296,7 +299,7 @@ for num_seeds in (1, 2):
   print(f"seeds {num_seeds}: mesh {mesh_shape}, all-reduces {all_reduces}")
 np.savez(sys.argv[1], **results)
 try:
-  train.Experiment(tiny_config(batch_size=50), data.load_mnist_5k())
+  Experiment(tiny_config(batch_size=50), data.load_mnist_5k())
 except ValueError as error:
   print(error)
 """
@@ -314,7 +317,7 @@ def sharded_training_run(num_seeds):
   config = tiny_config(
     batch_size=80, steps_per_call=5, objective="iwae", num_samples=3, num_seeds=num_seeds
   )
-  experiment = train.Experiment(config, dataset)
+  experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   args = experiment.train_inputs()
   compiled = experiment.train_chunk.lower(state, *args).compile().as_text()
@@ -399,7 +402,7 @@ def test_two_processes_train_like_one(small_dataset, tmp_path):
   summary = json.load(open(os.path.join(reference, "summary.json")))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "8"]
   # Restored through the current (1-device) experiment's shardings, as a resume would.
-  abstract_state = train.Experiment(multi_process_config(), small_dataset).abstract_state()
+  abstract_state = Experiment(multi_process_config(), small_dataset).abstract_state()
   two, one = [
     checkpoints.Checkpointer(w, max_to_keep=3).restore(abstract_state) for w in (workdir, reference)
   ]
@@ -418,7 +421,7 @@ def test_two_processes_train_like_one(small_dataset, tmp_path):
 
 
 def test_no_retracing_across_epochs_and_after_restore(small_dataset, tmp_path):
-  experiment = train.Experiment(tiny_config(steps_per_call=4), small_dataset)
+  experiment = Experiment(tiny_config(steps_per_call=4), small_dataset)
   state = _run_chunks(experiment, experiment.initial_state(), 5)  # crosses epochs
   checkpointer = checkpoints.Checkpointer(str(tmp_path), max_to_keep=1)
   checkpointer.save(5, state)
@@ -442,7 +445,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(small_dataset, tmp_path, m
   train.train_and_evaluate(config, str(tmp_path / "straight"), dataset=small_dataset)
 
   # A real SIGTERM arrives during the 3rd device call: mid-epoch (4 calls per epoch).
-  original_init, calls = train.Experiment.__init__, []
+  original_init, calls = Experiment.__init__, []
 
   def init_with_interrupt(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
@@ -456,7 +459,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(small_dataset, tmp_path, m
 
     self.train_chunk = interrupting_chunk
 
-  monkeypatch.setattr(train.Experiment, "__init__", init_with_interrupt)
+  monkeypatch.setattr(Experiment, "__init__", init_with_interrupt)
   interrupted = str(tmp_path / "interrupted")
   with pytest.raises(SystemExit) as exit_info:
     train.train_and_evaluate(config, interrupted, dataset=small_dataset)
@@ -464,7 +467,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(small_dataset, tmp_path, m
   checkpointer = checkpoints.Checkpointer(interrupted, max_to_keep=3)
   assert checkpointer.latest_step() == 6  # 3 calls x 2 steps, mid-epoch
   checkpointer.close()
-  monkeypatch.setattr(train.Experiment, "__init__", original_init)
+  monkeypatch.setattr(Experiment, "__init__", original_init)
   train.train_and_evaluate(config, interrupted, dataset=small_dataset)  # the same call resumes
 
   step_a, _, straight = _final_params(str(tmp_path / "straight"))
@@ -502,7 +505,7 @@ def test_two_stochastic_layer_iwae_trains_and_evaluates(small_dataset, tmp_path)
   assert summary["test_log_likelihood"] > summary["test_elbo"]
   assert os.path.getsize(os.path.join(tmp_path, "samples.png")) > 0
   with pytest.raises(ValueError, match="Monte Carlo KL"):
-    train.validate_config(tiny_config(stochastic_layers=2, analytic_kl=True))
+    validate_config(tiny_config(stochastic_layers=2, analytic_kl=True))
 
 
 # --- The entry point -------------------------------------------------------------------------

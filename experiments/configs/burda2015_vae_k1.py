@@ -8,11 +8,11 @@ The paper reports -86.76 nats (IS-5000). Prepare the data once offline with
 `python scripts/prepare_data.py --dataset=mnist --manual_dir=../shared/data --data_dir=DATA_DIR`.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  config = train.get_default_config()
+  config = get_default_config()
   config.dataset = "mnist"
   config.binarization = "dynamic"
   config.validation_size = 0  # the paper trains on all 60,000

@@ -5,11 +5,11 @@ Variational Autoencoders", arXiv:1606.05908): the one-hot digit label feeds both
 encoder and the decoder. samples.png shows one row of samples per class.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  config = train.get_default_config()
+  config = get_default_config()
   config.conditional = True
   config.hidden = (500, 500)
   config.latent_dim = 2  # few latents: the label carries the digit identity

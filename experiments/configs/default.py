@@ -3,8 +3,8 @@
 embedded 5,000-digit MNIST (4,000 train / 1,000 test, dynamically binarized); no download.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  return train.get_default_config()
+  return get_default_config()

@@ -6,11 +6,11 @@ in bits/dim. Conv encoder and decoder, 32 latents, no binarization; the last
 `python scripts/prepare_data.py --dataset=fashion_mnist --manual_dir=../shared/data --data_dir=DATA_DIR`.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  config = train.get_default_config()
+  config = get_default_config()
   config.dataset = "fashion_mnist"
   config.validation_size = 10_000
   config.binarization = "none"

@@ -7,11 +7,11 @@ and a learned per-pixel log-variance (the paper's decoder emitted a variance per
 example and squashed the mean with a sigmoid); Adam instead of Adagrad.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  config = train.get_default_config()
+  config = get_default_config()
   config.dataset = "frey_faces"
   config.binarization = "none"
   config.likelihood = "gaussian_learned_variance"

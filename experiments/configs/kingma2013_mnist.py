@@ -9,11 +9,11 @@ images are the validation split. Prepare it once offline with
 `python scripts/prepare_data.py --dataset=mnist --manual_dir=../shared/data --data_dir=DATA_DIR`.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  config = train.get_default_config()
+  config = get_default_config()
   config.dataset = "mnist"
   config.validation_size = 10_000
   config.hidden = (500,)

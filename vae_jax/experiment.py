@@ -1,0 +1,269 @@
+"""Experiment: what a config and a dataset determine, and the jitted functions on them.
+
+One device call runs `steps_per_call` steps as a lax.scan (a whole epoch by
+default) for every seed, on a (seeds, data) mesh over all devices; the per-epoch
+test ELBO is one more jitted call. The loop around them is vae_jax/train.py; the
+final evaluation and pictures are vae_jax/report.py.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from vae_jax import config as config_lib
+from vae_jax import data, evaluation, losses, models, parallel
+from vae_jax import state as state_lib
+
+
+class Experiment:
+  """Everything derived from a config and a dataset: the model, optimizer and jitted functions."""
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    *,
+    loss_fn=None,
+    model: models.LatentVariableModel | None = None,
+  ):
+    config_lib.validate_config(config)
+    data.check_binarization(dataset, config.binarization)
+    if config.conditional and not dataset.num_classes:
+      raise ValueError(
+        f"conditional=True needs class labels, and dataset {config.dataset!r} has none."
+      )
+    self.config = config
+    self.dataset = dataset
+    self.num_train = dataset.train_images.shape[0]
+    self.steps_per_epoch = self.num_train // config.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(
+        f"batch_size={config.batch_size} exceeds the {self.num_train} training images."
+      )
+    self.steps_per_call = config.steps_per_call or self.steps_per_epoch
+    if self.steps_per_epoch % self.steps_per_call:
+      raise ValueError(
+        f"steps_per_call={config.steps_per_call} must divide the "
+        f"{self.steps_per_epoch} steps of an epoch."
+      )
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    if model is None:
+      self.make_model = lambda rngs: state_lib.make_model(
+        config, dataset.image_shape, dataset.num_classes, rngs
+      )
+    else:  # every seed starts from the given module's parameters
+      models.check_model(model)
+      self.make_model = lambda rngs: model
+    abstract_model = nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0)))
+    self.graphdef = nnx.graphdef(abstract_model)
+    self.integer_data = abstract_model.integer_data
+    self.conditional = abstract_model.num_classes > 0
+    self.loss_fn = loss_fn or losses.LOSSES[config.objective](
+      config, warmup_steps=config.kl_warmup_epochs * self.steps_per_epoch
+    )
+    self.optimizer = state_lib.make_optimizer(config, self.steps_per_epoch)
+    # A (seeds, data) mesh over every device (see parallel.py): the state is split along
+    # its seed axis, each step's batch along "data", and the training data by rows. The
+    # state is committed to these shardings, so that a state restored from a checkpoint
+    # hits the same compiled step as a fresh one.
+    self.mesh = parallel.make_mesh(config.num_seeds)
+    parallel.check_batch_size(config.batch_size, self.mesh)
+    self.sharding = parallel.replicated(self.mesh)
+    self.state_sharding = parallel.split_seeds(self.mesh)
+    self.batch_sharding = parallel.split_rows(self.mesh)
+    # Outputs read on the host (metrics, evaluations) are replicated, so that every
+    # process of a multi-host run holds all of them.
+    self.train_chunk = jax.jit(
+      self._train_chunk, donate_argnums=0, out_shardings=(self.state_sharding, self.sharding)
+    )
+    self.trace_chunk = jax.jit(
+      functools.partial(self._train_chunk, per_step=True),
+      out_shardings=(self.state_sharding, self.sharding),
+    )
+    self.evaluate = jax.jit(self._evaluate, out_shardings=self.sharding)
+    self.evaluate_examples = jax.jit(self._evaluate_examples, out_shardings=self.sharding)
+    # One jitted copy: per-leaf jnp.copy dispatches cost ~3% of a K=1 epoch on CPU.
+    self.copy_state = jax.jit(
+      lambda state: jax.tree.map(jnp.copy, state), out_shardings=self.state_sharding
+    )
+    self.seed_params = jax.jit(
+      lambda params, seed: jax.tree.map(lambda a: a[seed], params), out_shardings=self.sharding
+    )
+
+  def map_seeds(self, fn, *args):
+    """fn over the leading seed axis of args: jax.vmap, or a plain call for one seed.
+
+    Under vmap, sharding constraints inside fn gain the seeds mesh axis on the seed
+    axis (spmd_axis_name), so each seed's batch is split over its own devices.
+
+    With one seed a plain call is about 20% faster on CPU: vmap would turn every
+    matmul into a batched matmul of batch 1, which XLA runs on a slower path.
+    """
+    if self.config.num_seeds > 1:
+      return jax.vmap(fn, spmd_axis_name=parallel.SEEDS)(*args)
+    out = fn(*jax.tree.map(lambda a: a[0], args))
+    return jax.tree.map(lambda a: a[None], out)
+
+  def train_inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Seed keys (split over the seeds axis) and the training set (rows split over "data")."""
+    keys = jax.jit(lambda: state_lib.seed_keys(self.config), out_shardings=self.state_sharding)()
+    images = parallel.put_rows(self.dataset.train_images, self.mesh)
+    labels = parallel.put_rows(self.dataset.train_labels, self.mesh)
+    return keys, images, labels
+
+  def eval_inputs(self, images, labels) -> tuple[jax.Array, jax.Array]:
+    """An evaluation split as placed model inputs, binarized once with a fixed seed."""
+    x = data.split_inputs(
+      images, binarization=self.config.binarization, integer_data=self.integer_data
+    )
+    # Replicated over the mesh, through the host: with several processes, device_put
+    # takes host values (the same on every process), not arrays on one local device.
+    return jax.device_put(jax.device_get((x, labels)), self.sharding)
+
+  def model(self, params) -> models.VAE:
+    return nnx.merge(self.graphdef, params)
+
+  # --- State -------------------------------------------------------------------------
+
+  def _initial_state(self, seed_key):
+    return state_lib.init_state(self.make_model, self.optimizer, seed_key)
+
+  def initial_state(self):
+    """The train state of every seed, stacked on a leading axis, created in place on the mesh."""
+    initial_state = jax.jit(
+      lambda keys: self.map_seeds(self._initial_state, keys), out_shardings=self.state_sharding
+    )
+    return initial_state(state_lib.seed_keys(self.config))
+
+  def abstract_state(self):
+    """Shapes, dtypes and shardings of the train state (jax.eval_shape: nothing is computed)."""
+    shapes = jax.eval_shape(jax.vmap(self._initial_state), state_lib.seed_keys(self.config))
+    return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state_sharding), shapes
+    )
+
+  # --- Training ----------------------------------------------------------------------
+
+  def _loss(self, params, x, labels, key, step):
+    """The loss to minimize and the metrics to report (see losses.checked_loss)."""
+    labels = labels if self.conditional else None
+    return losses.checked_loss(self.loss_fn, self.model(params), key, x, labels, step)
+
+  def step_inputs(self, images, step_key, step):
+    """The model inputs of a step and its objective's key: fresh binary draws at every step."""
+    key_binarize, key_objective = jax.random.split(jax.random.fold_in(step_key, step))
+    x = data.prepare_batch(
+      images, key_binarize, binarization=self.config.binarization, integer_data=self.integer_data
+    )
+    return x, key_objective
+
+  def _train_step(self, state, images, labels, step_key):
+    """One optimizer step: the new state, the step's metrics and its gradients."""
+    step = state["step"]
+    x, key_objective = self.step_inputs(images, step_key, step)
+    (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(
+      state["params"], x, labels, key_objective, step
+    )
+    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], updates),
+      "opt_state": opt_state,
+      "step": step + 1,
+    }
+    return new_state, aux, grads
+
+  def _train_chunk(self, state, keys, train_images, train_labels, *, per_step=False):
+    """steps_per_call steps for every seed, starting wherever the state's step is.
+
+    Returns the new state and each metric's mean over the call's steps, [seeds],
+    with "gradient_norm" the norm of the call's last gradient. The loop body is as
+    lean as a hand-written step: the metrics are summed in the scan's carry (no
+    per-step stacking), and the last step runs after the loop, where its gradient
+    norm costs nothing per step (a lax.cond inside the loop is if-converted on GPU,
+    and so computed at every step).
+
+    per_step=True instead returns every step's metrics and gradient norm, [seeds,
+    steps]: the diagnosis of a call that went non-finite (see train.first_failure).
+    """
+    batch_size = self.config.batch_size
+
+    def one_seed(state, seed_key):
+      keys = state_lib.purpose_keys(seed_key)
+      epoch = state["step"] // self.steps_per_epoch
+      offset = state["step"] % self.steps_per_epoch
+      order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), self.num_train)
+
+      def step(state, i):
+        index = jax.lax.dynamic_slice_in_dim(order, (offset + i) * batch_size, batch_size)
+        images, labels = jax.lax.with_sharding_constraint(
+          (train_images[index], train_labels[index]), self.batch_sharding
+        )
+        return self._train_step(state, images, labels, keys["step"])
+
+      if per_step:
+
+        def traced(state, i):
+          state, metrics, grads = step(state, i)
+          return state, {**metrics, "gradient_norm": optax.tree.norm(grads)}
+
+        return jax.lax.scan(traced, state, jnp.arange(self.steps_per_call))
+
+      # The metrics are scalars, summed as one vector: one add per step, not one each.
+      names = sorted(jax.eval_shape(step, state, 0)[1])
+
+      def body(carry, i):
+        state, sums = carry
+        state, metrics, _ = step(state, i)
+        return (state, sums + jnp.stack([metrics[name] for name in names])), None
+
+      last = self.steps_per_call - 1
+      sums = jnp.zeros(len(names), jnp.float32)
+      (state, sums), _ = jax.lax.scan(body, (state, sums), jnp.arange(last))
+      state, metrics, grads = step(state, last)
+      means = (sums + jnp.stack([metrics[name] for name in names])) / self.steps_per_call
+      return state, {**dict(zip(names, means)), "gradient_norm": optax.tree.norm(grads)}
+
+    with state_lib.matmul_precision(self.config.matmul_precision):
+      return self.map_seeds(one_seed, state, keys)
+
+  # --- Evaluation --------------------------------------------------------------------
+
+  def _evaluate(self, params, test_x, test_labels) -> dict[str, jax.Array]:
+    """Per-seed test ELBO, reconstruction and KL (one sample, analytic KL): each [seeds]."""
+
+    def one_seed(params):
+      terms = evaluation.test_elbo_terms(
+        self.model(params),
+        test_x,
+        test_labels,
+        jax.random.key(0),
+        batch_size=self.config.eval_batch_size,
+      )
+      return {
+        "elbo": jnp.mean(terms.reconstruction - terms.kl),
+        "reconstruction": jnp.mean(terms.reconstruction),
+        "kl": jnp.mean(terms.kl),
+      }
+
+    with state_lib.matmul_precision(self.config.matmul_precision):
+      return self.map_seeds(one_seed, params)
+
+  def _evaluate_examples(self, params, x, labels) -> dict[str, jax.Array]:
+    """One seed's per-example evaluation (evaluation.evaluate_examples), over all devices."""
+    config = self.config
+    with state_lib.matmul_precision(config.eval_matmul_precision):
+      return evaluation.evaluate_examples_on_devices(
+        self.model(params),
+        x,
+        labels,
+        jax.random.key(1),
+        batch_size=config.eval_batch_size,
+        num_samples=config.eval_num_samples,
+        chunk_size=config.eval_chunk_size,
+        iwae_samples=tuple(config.eval_iwae_samples),
+        devices=self.mesh.devices.flatten(),
+      )
