@@ -15,11 +15,11 @@ import shlex
 import sys
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 
+from experiments import cli
 from vae_jax import checkpoints, data, parallel, report
-from vae_jax.config import get_default_config, validate_config
+from vae_jax.config import load_workdir_config, validate_config
 from vae_jax.experiment import Experiment
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -33,26 +33,21 @@ _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Override the config's man
 flags.mark_flag_as_required("workdir")
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise app.UsageError(f"{workdir} has no config.json: is it a workdir of experiments.train?")
-  config = get_default_config()  # fields added since the workdir was written
-  with open(path) as f:
-    config.update(json.load(f))
-  return config
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   workdir = _WORKDIR.value
-  config = load_config(workdir)
+  config = load_workdir_config(workdir)
   if _NUM_SAMPLES.value is not None:
     config.eval_num_samples = _NUM_SAMPLES.value
   if _IWAE_SAMPLES.value is not None:
-    config.eval_iwae_samples = [int(k) for k in _IWAE_SAMPLES.value]
+    try:
+      config.eval_iwae_samples = [int(k) for k in _IWAE_SAMPLES.value]
+    except ValueError:
+      raise app.UsageError(
+        f"--iwae_samples={','.join(_IWAE_SAMPLES.value)}: give integers, e.g. 1,5,50."
+      ) from None
   for name, flag in (("data_dir", _DATA_DIR), ("manual_dir", _MANUAL_DIR)):
     if flag.value is not None:
       config[name] = flag.value
@@ -69,7 +64,7 @@ def main(argv):
   step = checkpointer.latest_step()
   if step is None:
     raise app.UsageError(f"{workdir} has no checkpoint to evaluate.")
-  state = checkpointer.restore(experiment.abstract_state())
+  step, state = checkpointer.restore(experiment.abstract_state())
   checkpointer.close()
   images, labels = {
     "test": (dataset.test_images, dataset.test_labels),
@@ -80,9 +75,8 @@ def main(argv):
   x, labels = experiment.eval_inputs(images, labels)
   command = shlex.join(["python", "-m", "experiments.evaluate", *sys.argv[1:]])
   results = report.evaluation_report(
-    experiment, state["params"], x, labels, split=_SPLIT.value, command=command
+    experiment, state["params"], x, labels, split=_SPLIT.value, step=step, command=command
   )
-  results["steps"] = step
   first_seed = experiment.seed_params(state["params"], 0)  # every process takes part
   if not parallel.is_main_process():
     return
@@ -91,10 +85,12 @@ def main(argv):
   with open(os.path.join(workdir, "eval.md"), "w") as f:
     f.write(report.markdown(results, _SPLIT.value))
   first_seed, x, labels = jax.device_get((first_seed, x, labels))
-  pictures = report.save_pictures(experiment, experiment.model(first_seed), x, labels, workdir)
-  print(report.markdown(results, _SPLIT.value))
-  print("Pictures:", ", ".join(pictures))
+  pictures = report.save_pictures(
+    experiment, experiment.model(first_seed), x, labels, workdir, report=results
+  )
+  report.write_index(workdir, results, pictures)
+  print(report.human_summary(results, workdir))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

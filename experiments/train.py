@@ -12,6 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import cli
 from vae_jax import train
 from vae_jax.config import validate_config
 
@@ -28,10 +29,10 @@ def main(argv):
   # Orbax logs every save step by step; keep the log to one line per epoch.
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   command = shlex.join(["python", "-m", "experiments.train", *sys.argv[1:]])
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   validate_config(config)
   train.train_and_evaluate(config, _WORKDIR.value, command=command)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -475,7 +475,7 @@ def bench_precision(dataset) -> None:
       seconds = time.perf_counter() - start
       rate = _BUDGET_EPOCHS.value * experiment.steps_per_epoch * config.batch_size / seconds
       examples = evaluator.evaluate_examples(
-        evaluator.seed_params(state["params"], 0), test_x, test_labels
+        evaluator.seed_params(state["params"], 0), test_x, test_labels, 0, block_size=len(test_x)
       )
       elbo, iwae = float(np.mean(examples["elbo"])), float(np.mean(examples["iwae_50"]))
       results[dtype, seed] = np.array([rate, elbo, iwae])

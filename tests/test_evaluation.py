@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_train import make_small_dataset, tiny_config
 
-from vae_jax import evaluation, models, plots
+from vae_jax import evaluation, models, plots, report
+from vae_jax.experiment import Experiment
 
 
 def test_evaluation_reports_the_exact_log_likelihood_within_its_standard_error():
@@ -89,17 +91,18 @@ def _check_picture(picture, height, width, channels=1):
 def test_picture_functions(small_models):
   plain, conditional, x = small_models
   labels = jnp.arange(16) % 10
-  _check_picture(plots.prior_samples(plain, jax.random.key(0), rows=3, columns=4), 88, 117)
+  # Grids are scaled 2x (28-pixel digits shown 56 pixels tall), with 1-pixel (2x) padding.
+  _check_picture(plots.prior_samples(plain, jax.random.key(0), rows=3, columns=4), 176, 234)
   rows = plots.prior_samples(
     conditional, jax.random.key(0), rows=10, columns=2, labels=jnp.repeat(jnp.arange(10), 2)
   )
-  _check_picture(rows, 291, 59)
-  _check_picture(plots.reconstructions(plain, x, x, columns=8), 117, 233)
-  _check_picture(plots.reconstructions(conditional, x, x, labels, columns=8), 117, 233)
-  _check_picture(plots.latent_manifold(plain, size=5), 146, 146)
+  _check_picture(rows, 582, 118)
+  _check_picture(plots.reconstructions(plain, x, x, columns=8), 234, 466)
+  _check_picture(plots.reconstructions(conditional, x, x, labels, columns=8), 234, 466)
+  _check_picture(plots.latent_manifold(plain, size=5), 292, 292)
   with pytest.raises(ValueError, match="2-D latent"):
     plots.latent_manifold(conditional)
-  _check_picture(plots.interpolations(plain, x[:3], x[3:6], steps=7), 88, 204)
+  _check_picture(plots.interpolations(plain, x[:3], x[3:6], steps=7), 176, 408)
   for means in (
     np.random.default_rng(0).normal(size=(50, 2)),
     np.ones((50, 5)) * np.arange(50)[:, None],
@@ -109,6 +112,29 @@ def test_picture_functions(small_models):
   records = [{"epoch": e, "train/loss": 200 - e, "test/elbo": -210 + e} for e in (1, 2, 3)]
   curves = plots.training_curves(records)
   assert curves.dtype == np.uint8 and curves.shape[-1] == 3 and curves.std() > 0
+
+
+def test_image_grids_scale_up_with_nearest_neighbour():
+  images = np.random.default_rng(0).uniform(size=(2, 20, 10, 1))
+  grid = plots.image_grid(images, columns=2, padding=0)  # 20 pixels tall: 3x
+  assert grid.shape == (60, 60, 1)
+  np.testing.assert_array_equal(
+    grid[::3, ::3], plots.image_grid(images, columns=2, padding=0, scale=1)
+  )
+  np.testing.assert_array_equal(grid[1::3, 2::3], grid[::3, ::3])  # each pixel a 3x3 block
+
+
+def test_annotate_writes_a_title_and_one_label_per_row():
+  picture = np.full((100, 50, 1), 128, np.uint8)
+  out = plots.annotate(picture, "a title\nsecond line", row_labels=["first", "second"])
+  assert out.dtype == np.uint8 and out.shape[-1] == 3
+  top, left = out.shape[0] - 100, out.shape[1] - 50
+  assert top >= 40 and left > 20  # two title lines; a label column
+  np.testing.assert_array_equal(out[top:, left:, 0], 128)  # the picture, unchanged
+  assert (out[:top] < 128).any()  # dark title text on white
+  for row in range(2):  # a label beside each half of the picture
+    assert (out[top + 50 * row : top + 50 * (row + 1), :left] < 128).any()
+  assert (out[top:, :left] == 255).mean() > 0.5  # and white around them
 
 
 def test_manifold_walks_the_gaussian_quantiles(small_models):
@@ -208,6 +234,36 @@ def test_evaluate_entry_point_writes_every_field(tmp_path):
     "training_curves",
   ):
     assert os.path.getsize(os.path.join(workdir, f"{name}.png")) > 0, name
+    assert f'src="{name}.png"' in open(os.path.join(workdir, "index.html")).read(), name
+  # What a person reads at the end: the numbers with their errors, and where the files are.
+  assert "test log p(x), IS with 40 samples" in result.stdout
+  assert f"{report['test_log_likelihood']:.2f} ± " in result.stdout
+  assert "index.html" in result.stdout
   # The training run's summary carries the same evaluation.
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert "test_iwae_50" in summary and "test_active_units" in summary
+
+
+def test_evaluation_in_blocks_equals_one_pass():
+  """The final evaluation goes through in blocks (for its progress bar); the result is
+  that of one pass over the whole set."""
+  dataset = make_small_dataset()  # 100 test images: ten blocks of 10
+  experiment = Experiment(tiny_config(eval_batch_size=10, eval_iwae_samples=(1, 3)), dataset)
+  params = experiment.initial_state()["params"]
+  x, labels = experiment.eval_inputs(dataset.test_images, dataset.test_labels)
+  blocked = report.full_evaluation(experiment, params, x, labels)
+  one_pass = experiment.evaluate_examples(
+    experiment.seed_params(params, 0), x, labels, 0, block_size=100
+  )
+  expected = evaluation.summarize(jax.device_get(one_pass), num_pixels=784, bits_per_dim=False)
+  assert sorted(blocked) == sorted(expected)
+  for name, value in expected.items():
+    np.testing.assert_allclose(blocked[name], value, rtol=1e-6, err_msg=name)
+
+
+def test_pictures_show_the_same_examples_across_classes():
+  labels = np.array([3, 1, 1, 0, 3, 2, 0, 1, 2, 2, 0])
+  shown = report.display_examples(labels, 4, 8)
+  np.testing.assert_array_equal(labels[shown], [0, 1, 2, 3, 0, 1, 2, 3])
+  np.testing.assert_array_equal(shown, [3, 1, 5, 0, 6, 2, 8, 4])  # each class in order
+  np.testing.assert_array_equal(report.display_examples(labels, 0, 3), [0, 5, 10])

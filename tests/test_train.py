@@ -404,7 +404,8 @@ def test_two_processes_train_like_one(small_dataset, tmp_path):
   # Restored through the current (1-device) experiment's shardings, as a resume would.
   abstract_state = Experiment(multi_process_config(), small_dataset).abstract_state()
   two, one = [
-    checkpoints.Checkpointer(w, max_to_keep=3).restore(abstract_state) for w in (workdir, reference)
+    checkpoints.Checkpointer(w, max_to_keep=3).restore(abstract_state)[1]
+    for w in (workdir, reference)
   ]
   # Summation order differs; Adam's normalized step turns that into ~1e-5 on weights whose
   # gradients are near zero. A wrong batch or seed would differ by many steps of lr = 1e-3.
@@ -425,7 +426,8 @@ def test_no_retracing_across_epochs_and_after_restore(small_dataset, tmp_path):
   state = _run_chunks(experiment, experiment.initial_state(), 5)  # crosses epochs
   checkpointer = checkpoints.Checkpointer(str(tmp_path), max_to_keep=1)
   checkpointer.save(5, state)
-  state = checkpointer.restore(experiment.abstract_state())
+  step, state = checkpointer.restore(experiment.abstract_state())
+  assert step == 5
   _run_chunks(experiment, state, 2)
   checkpointer.close()
   assert experiment.train_chunk._cache_size() == 1
@@ -548,6 +550,11 @@ def test_main_job_smoke_run_writes_everything(tmp_path):
     ("--config.num_epochs=many", "num_epochs"),
     ("--config.binarization=none", "Bernoulli likelihood needs binary pixels"),
     ("--config.objective=elbo_plus", "objective='elbo_plus'"),
+    ("--config.learning_rate=-1e-3", "learning_rate=-0.001 must be > 0"),
+    ("--config.max_checkpoints=0", "max_checkpoints=0 must be >= 1"),
+    ("--config.checkpoint_every_epochs=0", "checkpoint_every_epochs=0 must be >= 1"),
+    ("--config.hidden=0", "hidden=(0,) must be a non-empty tuple of positive integers"),
+    ("--config=experiments/configs/no_such_file.py", "no_such_file.py"),
   ],
 )
 def test_bad_flags_fail_before_any_work(tmp_path, flag, message):
@@ -555,6 +562,7 @@ def test_bad_flags_fail_before_any_work(tmp_path, flag, message):
   result = _run_entry_point("--config=experiments/configs/smoke.py", f"--workdir={workdir}", flag)
   assert result.returncode != 0
   assert message in result.stderr
+  assert "Traceback" not in result.stderr  # one clear line, not a trace
   assert not os.path.exists(workdir)
 
 

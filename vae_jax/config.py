@@ -4,6 +4,8 @@ experiments/configs/*.py start from get_default_config(); notebooks and tests us
 build_config({...}). Every field is documented where its default is set.
 """
 
+import json
+import os
 from typing import Any
 
 import ml_collections
@@ -241,3 +243,58 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_combinations,
   ):
     check_section(config)
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its config.json), with the defaults for fields
+  added since it was written."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: is it a workdir of experiments.train?")
+  config = get_default_config()
+  try:
+    with open(path) as f:
+      config.update(json.load(f))
+  except (json.JSONDecodeError, KeyError, TypeError) as error:
+    raise ValueError(f"{path} is not a config this version can read ({error}).") from error
+  return config
+
+
+# What a resumed run may change: how long it trains (except under a cosine schedule,
+# which depends on it), where the data lives, how it is evaluated and checkpointed, and
+# how its processes find each other. Anything else would relabel the results.
+RESUMABLE_FIELDS = (
+  "num_epochs",
+  "data_dir",
+  "manual_dir",
+  "eval_batch_size",
+  "eval_num_samples",
+  "eval_chunk_size",
+  "eval_iwae_samples",
+  "eval_matmul_precision",
+  "checkpoint_every_epochs",
+  "max_checkpoints",
+  "distributed",
+  "coordinator_address",
+  "num_processes",
+  "process_id",
+)
+
+
+def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming each field in which config differs from the config a
+  workdir was trained with, beyond RESUMABLE_FIELDS."""
+  before, now = (json.loads(c.to_json_best_effort()) for c in (saved, config))
+  resumable = set(RESUMABLE_FIELDS) - ({"num_epochs"} if now["lr_schedule"] == "cosine" else set())
+  changed = [
+    f"{name}={before.get(name)!r} -> {now[name]!r}"
+    for name in now
+    if name not in resumable and before.get(name) != now[name]
+  ]
+  if changed:
+    raise ValueError(
+      "Bad config for resuming: the workdir was trained with another config "
+      f"({'; '.join(changed)}). "
+      "Resume with the workdir's config (only num_epochs, data paths, evaluation, checkpoint "
+      "and process settings may change), or train in a new --workdir."
+    )

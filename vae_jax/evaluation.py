@@ -104,20 +104,30 @@ def evaluate_examples(
 
 
 def evaluate_examples_on_devices(
-  model, x: jax.Array, labels: jax.Array, key: jax.Array, *, devices=None, **kwargs
+  model,
+  x: jax.Array,
+  labels: jax.Array,
+  key: jax.Array,
+  *,
+  devices=None,
+  first_index: int | jax.Array = 0,
+  **kwargs,
 ) -> dict[str, jax.Array]:
   """evaluate_examples with the examples split over devices (all of them by default).
 
   Each device runs the batches of its contiguous share; the set is padded to a
   multiple of devices x batch_size, so the batches, their keys and therefore
-  the results are those of a single-device run. Call it inside jax.jit.
+  the results are those of a single-device run. x may be a block of a larger set
+  that starts at example first_index (a multiple of batch_size): its results are
+  then those of the whole set's run. Call it inside jax.jit.
   """
   devices = jax.devices() if devices is None else devices
   if len(devices) == 1:
-    return evaluate_examples(model, x, labels, key, **kwargs)
+    indices = first_index + jnp.arange(x.shape[0])
+    return evaluate_examples(model, x, labels, key, indices=indices, **kwargs)
   n, per_call = x.shape[0], len(devices) * kwargs["batch_size"]
   pad = -n % per_call
-  indices = jnp.arange(n + pad)
+  indices = first_index + jnp.arange(n + pad)
 
   def padded(a):
     return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a

@@ -85,7 +85,9 @@ class Experiment:
       out_shardings=(self.state_sharding, self.sharding),
     )
     self.evaluate = jax.jit(self._evaluate, out_shardings=self.sharding)
-    self.evaluate_examples = jax.jit(self._evaluate_examples, out_shardings=self.sharding)
+    self.evaluate_examples = jax.jit(
+      self._evaluate_examples, static_argnames="block_size", out_shardings=self.sharding
+    )
     # One jitted copy: per-leaf jnp.copy dispatches cost ~3% of a K=1 epoch on CPU.
     self.copy_state = jax.jit(
       lambda state: jax.tree.map(jnp.copy, state), out_shardings=self.state_sharding
@@ -252,15 +254,20 @@ class Experiment:
     with state_lib.matmul_precision(self.config.matmul_precision):
       return self.map_seeds(one_seed, params)
 
-  def _evaluate_examples(self, params, x, labels) -> dict[str, jax.Array]:
-    """One seed's per-example evaluation (evaluation.evaluate_examples), over all devices."""
+  def _evaluate_examples(self, params, x, labels, start, *, block_size) -> dict[str, jax.Array]:
+    """One seed's per-example evaluation (evaluation.evaluate_examples) of the block_size
+    examples of x from `start` on, over all devices. Past the end of x the last example
+    is repeated (drop those rows). Results do not depend on how the set is cut into
+    blocks whose sizes are multiples of eval_batch_size."""
     config = self.config
+    index = jnp.minimum(start + jnp.arange(block_size), x.shape[0] - 1)
     with state_lib.matmul_precision(config.eval_matmul_precision):
       return evaluation.evaluate_examples_on_devices(
         self.model(params),
-        x,
-        labels,
+        x[index],
+        labels[index],
         jax.random.key(1),
+        first_index=start,
         batch_size=config.eval_batch_size,
         num_samples=config.eval_num_samples,
         chunk_size=config.eval_chunk_size,

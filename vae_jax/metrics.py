@@ -8,11 +8,25 @@ import tensorboardX
 
 
 class MetricWriter:
-  """Appends one JSON line per record to WORKDIR/metrics.jsonl and writes TensorBoard scalars."""
+  """Appends one JSON line per record to WORKDIR/metrics.jsonl and writes TensorBoard scalars.
 
-  def __init__(self, workdir: str):
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self.tensorboard = tensorboardX.SummaryWriter(logdir=workdir)
+  resumed_step: the step a resumed run starts from. Records of later steps, written
+  before the run died and to be written again, are dropped from metrics.jsonl, and
+  TensorBoard is told to purge them from its events.
+  """
+
+  def __init__(self, workdir: str, *, resumed_step: int = 0):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resumed_step and os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resumed_step]
+      with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+    self.jsonl = open(path, "a")
+    self.tensorboard = tensorboardX.SummaryWriter(
+      logdir=workdir, purge_step=resumed_step + 1 if resumed_step else None
+    )
 
   def write(self, step: int, scalars: Mapping[str, float | list[float]]) -> None:
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")

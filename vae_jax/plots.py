@@ -1,24 +1,40 @@
 """Pictures: each function returns a uint8 image array [H, W, C]; save_png writes one.
 
-matplotlib draws the scatter and the curves on its Agg canvas (no display, no pyplot).
+Grids are scaled up with nearest-neighbour so that an image is at least
+MIN_IMAGE_PIXELS tall, and `annotate` writes a title and row labels into the
+picture, so that a PNG still says what it shows when it is copied elsewhere.
+matplotlib draws the scatter and the curves on its Agg canvas (no display, no
+pyplot) and lends its bundled font to the annotations.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+MIN_IMAGE_PIXELS = 56  # a 28-pixel digit is shown 2x: readable on a high-DPI screen
 
 
-def image_grid(images: np.ndarray, *, columns: int, padding: int = 1) -> np.ndarray:
+def image_grid(
+  images: np.ndarray, *, columns: int, padding: int = 1, scale: int | None = None
+) -> np.ndarray:
   """Tiles images [N, H, W, C] in [0, 1] into one uint8 picture, row by row.
 
+  Args:
+    scale: nearest-neighbour magnification; None: the smallest that makes an image
+      at least MIN_IMAGE_PIXELS tall.
+
   Returns:
-    [rows * (H + padding) + padding, columns * (W + padding) + padding, C] uint8.
+    [scale * (rows * (H + padding) + padding), scale * (columns * (W + padding) + padding), C].
   """
   images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
   n, height, width, channels = images.shape
+  scale = scale or max(1, -(-MIN_IMAGE_PIXELS // height))
   rows = -(-n // columns)
   grid = np.ones(
     (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
@@ -28,7 +44,40 @@ def image_grid(images: np.ndarray, *, columns: int, padding: int = 1) -> np.ndar
     row, column = divmod(index, columns)
     top, left = padding + row * (height + padding), padding + column * (width + padding)
     grid[top : top + height, left : left + width] = image
+  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
   return np.round(grid * 255).astype(np.uint8)
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont:
+  return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def annotate(picture: np.ndarray, title: str, *, row_labels: list[str] | None = None) -> np.ndarray:
+  """The picture on a white RGB canvas with `title` (lines split at "\n") above it and,
+  when given, one label left of each of its equally tall rows."""
+  picture = np.asarray(picture, np.uint8)
+  if picture.shape[-1] == 1:
+    picture = np.repeat(picture, 3, axis=-1)
+  title_font, label_font = _font(14), _font(13)
+  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  lines = title.split("\n")
+  line_height = 20
+  label_width = 0
+  if row_labels:
+    label_width = 10 + max(measure.textlength(label, font=label_font) for label in row_labels)
+  title_width = max(measure.textlength(line, font=title_font) for line in lines)
+  top, left = 8 + line_height * len(lines), int(label_width)
+  height, width = picture.shape[:2]
+  canvas = Image.new("RGB", (max(left + width, int(title_width) + 16), top + height), "white")
+  canvas.paste(Image.fromarray(picture), (left, top))
+  draw = ImageDraw.Draw(canvas)
+  for index, line in enumerate(lines):
+    draw.text((8, 4 + line_height * index), line, fill="black", font=title_font)
+  for index, label in enumerate(row_labels or []):
+    centre = top + (index + 0.5) * height / len(row_labels)
+    draw.text((4, centre), label, fill="black", font=label_font, anchor="lm")
+  return np.asarray(canvas)
 
 
 def save_png(path: str, picture: np.ndarray) -> None:
@@ -50,7 +99,8 @@ def prior_samples(model, key, *, rows: int, columns: int, labels=None) -> np.nda
 
 
 def reconstructions(model, x, images, labels=None, *, columns: int = 8) -> np.ndarray:
-  """Rows alternate: `columns` images, then their reconstructions from the posterior mean.
+  """Labelled rows alternate: `columns` originals, then their reconstructions from the
+  posterior mean.
 
   Args:
     model: a VAE.
@@ -89,7 +139,10 @@ def latent_manifold(model, *, size: int = 20, labels=None) -> np.ndarray:
 
 
 def interpolations(model, x_from, x_to, *, steps: int = 10, labels=None) -> np.ndarray:
-  """One row per pair: decoder means along the line between the posterior means."""
+  """One row per pair: decoder means along the line between the posterior means.
+
+  labels: the pairs' class for a conditional model (decoded with it along the row).
+  """
   mean_from, _ = model.encode(x_from, labels)
   mean_to, _ = model.encode(x_to, labels)
   weights = jnp.linspace(0.0, 1.0, steps)[None, :, None]
@@ -101,7 +154,7 @@ def interpolations(model, x_from, x_to, *, steps: int = 10, labels=None) -> np.n
 
 
 def _figure():
-  figure = Figure(figsize=(5, 4), dpi=100)
+  figure = Figure(figsize=(6, 4.8), dpi=100)
   FigureCanvasAgg(figure)
   return figure, figure.add_subplot()
 
@@ -112,7 +165,9 @@ def _figure_array(figure) -> np.ndarray:
   return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
-def latent_scatter(means: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+def latent_scatter(
+  means: np.ndarray, labels: np.ndarray | None = None, *, title: str = ""
+) -> np.ndarray:
   """Posterior means of a test set, coloured by class: the latents themselves when 2-D,
   otherwise their first two principal components."""
   means = np.asarray(means, np.float64)
@@ -129,20 +184,24 @@ def latent_scatter(means: np.ndarray, labels: np.ndarray | None = None) -> np.nd
   axes.set_xlabel(axis_names[0])
   axes.set_ylabel(axis_names[1])
   axes.set_title("posterior means of test images")
+  if title:
+    figure.suptitle(title, fontsize=9)
   return _figure_array(figure)
 
 
-def training_curves(records: list[dict]) -> np.ndarray:
+def training_curves(records: list[dict], *, title: str = "") -> np.ndarray:
   """The training objective (-loss) and evaluation ELBOs per epoch, from metrics.jsonl."""
   figure, axes = _figure()
   epochs = [record["epoch"] for record in records]
   # -loss; records written before the loss was logged have "train/objective" instead.
   train = [(r["epoch"], -r.get("train/loss", -r.get("train/objective", np.nan))) for r in records]
-  axes.plot(*zip(*train), label="train objective")
-  for name in ("valid/elbo", "test/elbo"):
+  axes.plot(*zip(*train), label="train: -loss")
+  for name, label in (("valid/elbo", "validation ELBO"), ("test/elbo", "test ELBO")):
     if name in records[0]:
-      axes.plot(epochs, [record[name] for record in records], label=name)
+      axes.plot(epochs, [record[name] for record in records], label=label)
   axes.set_xlabel("epoch")
   axes.set_ylabel("nats")
   axes.legend()
+  if title:
+    axes.set_title(title, fontsize=9)
   return _figure_array(figure)

@@ -1,9 +1,11 @@
-"""The evaluation report of a trained model: numbers, summary.json, eval.md and pictures.
+"""The evaluation report of a trained model: numbers, summary.json, eval.md, pictures,
+index.html and the summary a person reads at the end of a run.
 
 Both the trainer (at the end of a run) and experiments/evaluate.py (on a
 workdir) report through these functions.
 """
 
+import html
 import json
 import math
 import os
@@ -16,24 +18,41 @@ import numpy as np
 
 from vae_jax import data, evaluation, parallel, plots
 from vae_jax.experiment import Experiment
+from vae_jax.progress import Progress, format_duration
 
 
 def full_evaluation(experiment: Experiment, params, x, labels) -> dict[str, Any]:
   """ELBO, IWAE bounds, IS log-likelihood (each with its standard error over examples),
   active units and KL per dimension; averaged over seeds, with per-seed values.
 
-  x and labels come from eval_inputs.
+  x and labels come from eval_inputs. The set goes through in about ten blocks, so
+  that a progress bar can follow; the results do not depend on the blocks.
   """
+  config, n = experiment.config, x.shape[0]
+  unit = config.eval_batch_size * experiment.mesh.devices.size
+  block_size = unit * max(1, -(-n // (10 * unit)))
   per_seed = []
-  for seed in range(experiment.config.num_seeds):
-    examples = experiment.evaluate_examples(experiment.seed_params(params, seed), x, labels)
-    per_seed.append(
-      evaluation.summarize(
-        jax.device_get(examples),
-        num_pixels=math.prod(experiment.dataset.image_shape),
-        bits_per_dim=experiment.integer_data,
+  with Progress(config.num_seeds * n, "evaluation", unit="images") as progress:
+    for seed in range(config.num_seeds):
+      seed_params = experiment.seed_params(params, seed)
+      blocks = []
+      for start in range(0, n, block_size):
+        out = experiment.evaluate_examples(seed_params, x, labels, start, block_size=block_size)
+        count = min(block_size, n - start)
+        out = jax.device_get(out)
+        blocks.append({k: None if v is None else np.asarray(v)[:count] for k, v in out.items()})
+        progress.update(count)
+      examples = {
+        name: None if blocks[0][name] is None else np.concatenate([b[name] for b in blocks])
+        for name in blocks[0]
+      }
+      per_seed.append(
+        evaluation.summarize(
+          examples,
+          num_pixels=math.prod(experiment.dataset.image_shape),
+          bits_per_dim=experiment.integer_data,
+        )
       )
-    )
   return combine_seeds(per_seed)
 
 
@@ -59,7 +78,7 @@ def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluation_report(
-  experiment: Experiment, params, x, labels, *, split: str, command: str | None
+  experiment: Experiment, params, x, labels, *, split: str, step: int, command: str | None
 ) -> dict[str, Any]:
   """The full evaluation of a split, with what it was measured on: summary.json and eval.json."""
   config = experiment.config
@@ -77,74 +96,235 @@ def evaluation_report(
     "num_validation": len(experiment.dataset.validation_images),
     "num_test": len(experiment.dataset.test_images),
     "num_seeds": config.num_seeds,
+    "steps": step,
+    "epochs": step / experiment.steps_per_epoch,
     "evaluation_seconds": time.perf_counter() - start,
     "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}",
     "command": command or "vae_jax.train.train_and_evaluate(config, workdir)",
   }
 
 
-def final_evaluation(experiment: Experiment, state, step, test_x, test_labels, workdir, command):
-  """The full test-set evaluation, pictures, summary.json (written by process 0)."""
+def final_evaluation(
+  experiment: Experiment, state, step, test_x, test_labels, workdir, command, training_seconds
+):
+  """The full test-set evaluation, pictures, summary.json and index.html (process 0 writes)."""
   summary = evaluation_report(
-    experiment, state["params"], test_x, test_labels, split="test", command=command
+    experiment, state["params"], test_x, test_labels, split="test", step=step, command=command
   )
-  summary["steps"] = step
+  summary["training_seconds"] = training_seconds
   summary["config"] = json.loads(experiment.config.to_json_best_effort())
   first_seed = experiment.seed_params(state["params"], 0)  # every process takes part
   if parallel.is_main_process():
     # Host copies: the pictures are drawn by this process alone, on its own device.
     first_seed, test_x, test_labels = jax.device_get((first_seed, test_x, test_labels))
-    save_pictures(experiment, experiment.model(first_seed), test_x, test_labels, workdir)
+    pictures = save_pictures(
+      experiment, experiment.model(first_seed), test_x, test_labels, workdir, report=summary
+    )
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+    write_index(workdir, summary, pictures)
   return summary
 
 
-def save_pictures(experiment: Experiment, model, x, labels, workdir) -> list[str]:
-  """Writes the pictures of a model to workdir; returns their file names.
+def caption(report: dict[str, Any]) -> str:
+  """What a picture comes from: dataset, binarization, epoch, ELBO of the evaluated split."""
+  split = report["split"]
+  return (
+    f"{report['dataset']}, {report['binarization']} binarization, epoch "
+    f"{report['epochs']:g}, {split} ELBO {report[f'{split}_elbo']:.2f} nats"
+  )
 
-  samples.png (prior samples; one row per class for conditional models),
-  reconstructions.png, interpolations.png, latent_scatter.png,
+
+def display_examples(labels: np.ndarray, num_classes: int, count: int) -> np.ndarray:
+  """Indices of `count` examples to show: classes in turn (0, 1, ..., 0, 1, ...), each
+  class's examples in order; evenly spaced without labels. Fixed, so every run shows the
+  same images."""
+  labels = np.asarray(labels)
+  if not num_classes:
+    return np.linspace(0, len(labels) - 1, count).round().astype(int)
+  by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
+  order = [
+    members[j]
+    for j in range(max(len(m) for m in by_class))
+    for members in by_class
+    if j < len(members)
+  ]
+  return np.asarray(order[:count])
+
+
+def save_pictures(
+  experiment: Experiment, model, x, labels, workdir, *, report: dict[str, Any]
+) -> list[str]:
+  """Writes the pictures of a model, each titled with caption(report); returns their names.
+
+  samples.png (prior samples; one labelled row per class for conditional models),
+  reconstructions.png (labelled rows of originals and reconstructions, across classes),
+  interpolations.png (between test images of different classes), latent_scatter.png,
   manifold.png (2-D latents), training_curves.png (when metrics.jsonl exists).
   """
   config = experiment.config
   conditional = experiment.conditional
   num_classes = experiment.dataset.num_classes
   images = x.astype(jnp.float32) / (255.0 if experiment.integer_data else 1.0)
+  about = caption(report)
   pictures = {}
   if conditional:
-    pictures["samples"] = plots.prior_samples(
+    grid = plots.prior_samples(
       model,
       jax.random.key(2),
       rows=num_classes,
       columns=10,
       labels=jnp.repeat(jnp.arange(num_classes), 10),
     )
+    pictures["samples"] = plots.annotate(
+      grid,
+      f"Samples of p(x|z, class), z from the prior (decoder means)\n{about}",
+      row_labels=[f"class {c}" for c in range(num_classes)],
+    )
   else:
-    pictures["samples"] = plots.prior_samples(model, jax.random.key(2), rows=8, columns=8)
-  y = labels[:32] if conditional else None
-  pictures["reconstructions"] = plots.reconstructions(model, x[:32], images[:32], y)
-  y = labels[:8] if conditional else None
-  pictures["interpolations"] = plots.interpolations(model, x[:8], x[-8:], labels=y)
+    grid = plots.prior_samples(model, jax.random.key(2), rows=8, columns=8)
+    pictures["samples"] = plots.annotate(
+      grid, f"Samples: decoder means at z from the prior\n{about}"
+    )
+  shown = display_examples(labels, num_classes, 32)
+  y = labels[shown] if conditional else None
+  grid = plots.reconstructions(model, x[shown], images[shown], y, columns=8)
+  pictures["reconstructions"] = plots.annotate(
+    grid,
+    f"Test images and their reconstructions (decoder mean at the posterior mean)\n{about}",
+    row_labels=["original", "reconstruction"] * (len(shown) // 8),
+  )
+  pairs = display_examples(labels, num_classes, 16)
+  first, last = pairs[:8], pairs[8:]  # of different classes where there are labels
+  y = labels[first] if conditional else None
+  grid = plots.interpolations(model, x[first], x[last], labels=y)
+  row_labels = [f"{labels[a]} → {labels[b]}" for a, b in zip(first, last)] if num_classes else None
+  pictures["interpolations"] = plots.annotate(
+    grid,
+    "Decoder means along lines between the posterior means of two test images"
+    f"{' (decoded with the first image’s class)' if conditional else ''}\n{about}",
+    row_labels=row_labels,
+  )
   means = evaluation.map_batches(
     lambda x, labels: model.encode(x, labels if conditional else None)[0],
     (x, labels),
     config.eval_batch_size,
   )
   pictures["latent_scatter"] = plots.latent_scatter(
-    jax.device_get(means), jax.device_get(labels) if num_classes else None
+    jax.device_get(means), jax.device_get(labels) if num_classes else None, title=about
   )
   if model.latent_dim == 2 and model.has_analytic_kl:  # a 2-D latent with a N(0, I) prior
-    pictures["manifold"] = plots.latent_manifold(model, labels=0 if conditional else None)
+    grid = plots.latent_manifold(model, labels=0 if conditional else None)
+    pictures["manifold"] = plots.annotate(
+      grid,
+      f"Decoder means over the 2-D latent space at Gaussian quantiles"
+      f"{' (class 0)' if conditional else ''}\n{about}",
+    )
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       records = [json.loads(line) for line in f]
     if records:
-      pictures["training_curves"] = plots.training_curves(records)
+      pictures["training_curves"] = plots.training_curves(records, title=about)
   for name, picture in pictures.items():
     plots.save_png(os.path.join(workdir, f"{name}.png"), picture)
   return [f"{name}.png" for name in pictures]
+
+
+def _value(report: dict[str, Any], name: str) -> str:
+  value, stderr = report.get(name), report.get(f"{name}_stderr")
+  if value is None:
+    return "n/a"
+  return f"{value:.2f} ± {stderr:.2f}" if stderr is not None else f"{value:.4g}"
+
+
+def _headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+  """(what, value) rows of the numbers a person looks for first."""
+  split = report["split"]
+  rows = [(f"{split} ELBO", _value(report, f"{split}_elbo"))]
+  for k in report["iwae_samples"]:
+    rows.append((f"{split} IWAE bound, K = {k}", _value(report, f"{split}_iwae_{k}")))
+  rows.append(
+    (
+      f"{split} log p(x), IS with {report['log_likelihood_num_samples']:,} samples",
+      _value(report, f"{split}_log_likelihood"),
+    )
+  )
+  if f"{split}_log_likelihood_bits_per_dim" in report:
+    rows.append(("  in bits/dim", f"{report[f'{split}_log_likelihood_bits_per_dim']:.4f}"))
+  latents = report.get(f"{split}_latent_activity")
+  if latents and isinstance(latents[0], list):
+    latents = latents[0]
+  active = report.get(f"{split}_active_units")
+  rows.append(("active units", f"{active:g} of {len(latents)}" if latents else f"{active:g}"))
+  return rows
+
+
+def human_summary(report: dict[str, Any], workdir: str) -> str:
+  """The end-of-run summary printed to stdout; the full record is summary.json."""
+  split = report["split"]
+  seeds = report["num_seeds"]
+  lines = [
+    "",
+    f"Trained {report['epochs']:g} epochs on {report['dataset']} ({report['binarization']} "
+    f"binarization){f', {seeds} seeds (mean over seeds)' if seeds > 1 else ''}.",
+    f"Evaluated on {report[f'{split}_num_examples']:,} {split} images, nats per image "
+    "± standard error over images:",
+  ]
+  width = max(len(what) for what, _ in _headline_rows(report))
+  lines += [f"  {what:<{width}}  {value}" for what, value in _headline_rows(report)]
+  seconds = report.get("training_seconds")
+  lines.append(
+    (f"Training {format_duration(seconds)}, " if seconds is not None else "")
+    + f"evaluation {format_duration(report['evaluation_seconds'])} on {report['device']}."
+  )
+  files = sorted(f for f in os.listdir(workdir) if not f.startswith("events."))
+  lines.append(f"Workdir {workdir}: {', '.join(files)}")
+  lines.append(f"Open {os.path.join(workdir, 'index.html')} to see the pictures with the numbers.")
+  return "\n".join(lines)
+
+
+def write_index(workdir: str, report: dict[str, Any], pictures: list[str]) -> str:
+  """index.html: the headline numbers, the settings and every picture, in one page."""
+  split = report["split"]
+  rows = "".join(
+    f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
+    for what, value in _headline_rows(report)
+  )
+  settings = "".join(
+    f"<li>{name}: {html.escape(str(report.get(name)))}</li>"
+    for name in (
+      "dataset",
+      "binarization",
+      "binarization_seed",
+      "epochs",
+      "steps",
+      "num_seeds",
+      "device",
+      "training_seconds",
+      "evaluation_seconds",
+      "command",
+    )
+    if name in report
+  )
+  images = "".join(
+    f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+    for name in pictures
+  )
+  page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(caption(report))}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}}
+figure{{display:inline-block;vertical-align:top;margin:1em}}</style></head>
+<body><h1>{html.escape(caption(report))}</h1>
+<table><tr><th>{split} set, nats per image</th><th>± standard error</th></tr>{rows}</table>
+<ul>{settings}</ul>
+{images}
+</body></html>
+"""
+  path = os.path.join(workdir, "index.html")
+  with open(path, "w") as f:
+    f.write(page)
+  return path
 
 
 def markdown(report: dict, split: str) -> str:

@@ -10,10 +10,8 @@ good state is saved and FloatingPointError names the first bad step and the term
 keeping the call's input alive, cost 6-7% of training speed on CPU.)
 """
 
-import json
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -23,8 +21,9 @@ import numpy as np
 from absl import logging
 
 from vae_jax import checkpoints, data, metrics, models, parallel, report
-from vae_jax.config import validate_config
+from vae_jax.config import check_resumable, load_workdir_config, validate_config
 from vae_jax.experiment import Experiment
+from vae_jax.progress import Progress, format_duration
 
 
 def train_and_evaluate(
@@ -65,18 +64,19 @@ def train_and_evaluate(
     )
   experiment = Experiment(config, dataset, loss_fn=loss_fn, model=model)
   main_process = parallel.is_main_process()  # the only process that writes files
-  os.makedirs(workdir, exist_ok=True)
-  if main_process:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
-  step = checkpointer.latest_step()
-  if step is not None:
-    state = checkpointer.restore(experiment.abstract_state())
+  _check_writable(workdir)
+  checkpointer = checkpoints.Checkpointer(
+    workdir, max_to_keep=config.max_checkpoints, primary=main_process
+  )
+  if checkpointer.latest_step() is not None:
+    check_resumable(load_workdir_config(workdir), config)  # before config.json is replaced
+    step, state = checkpointer.restore(experiment.abstract_state())
     logging.info("Resumed from the checkpoint at step %d in %s.", step, workdir)
   else:
     state, step = experiment.initial_state(), 0
+  if main_process:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   keys, train_images, train_labels = experiment.train_inputs()
   # Evaluation splits as model inputs, binarized once: "valid" only where there is one.
   eval_splits = {
@@ -89,11 +89,15 @@ def train_and_evaluate(
   }
   test_x, test_labels = eval_splits["test"]
 
-  writer = metrics.MetricWriter(workdir) if main_process else None
+  writer = metrics.MetricWriter(workdir, resumed_step=step) if main_process else None
   images_per_call = experiment.steps_per_call * config.batch_size * config.num_seeds
-  epoch_metrics, epoch_seconds, seconds_per_epoch = [], 0.0, []
+  epoch_metrics, epoch_seconds, seconds_per_epoch, training_seconds = [], 0.0, [], 0.0
+  first_epoch = step // experiment.steps_per_epoch
+  progress = Progress(
+    config.num_epochs, "training", unit="epochs", initial=first_epoch, log_lines=False
+  )
   try:
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, progress:
       while step < experiment.total_steps:
         start = time.perf_counter()
         # A copy, since train_chunk donates and overwrites its input.
@@ -101,6 +105,7 @@ def train_and_evaluate(
         state, call_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
         call_metrics = jax.device_get(call_metrics)
         epoch_seconds += time.perf_counter() - start
+        training_seconds += time.perf_counter() - start
         if not all(np.all(np.isfinite(values)) for values in call_metrics.values()):
           checkpointer.save(step, last_good_state)
           # Re-run the call step by step (deterministic: all randomness is (seed, step)).
@@ -133,20 +138,20 @@ def train_and_evaluate(
           if writer:
             writer.write(step, record)
           eta = np.median(seconds_per_epoch) * (config.num_epochs - epoch)
-          logging.info(
-            "epoch %d/%d step %d | train loss %.2f | test elbo %.2f"
-            " (reconstruction %.2f, kl %.2f) | %.0f img/s | ETA %s",
-            epoch,
-            config.num_epochs,
-            step,
-            record["train/loss"],
-            record["test/elbo"],
-            record["test/reconstruction"],
-            record["test/kl"],
-            record["images_per_second"],
-            _format_duration(eta),
+          line = (
+            f"epoch {epoch}/{config.num_epochs} step {step} | train loss "
+            f"{record['train/loss']:.2f} | test elbo {record['test/elbo']:.2f} (reconstruction "
+            f"{record['test/reconstruction']:.2f}, kl {record['test/kl']:.2f}) | "
+            f"{record['images_per_second']:.0f} img/s | ETA {format_duration(eta)}"
           )
-          _progress_bar(epoch, config.num_epochs)
+          progress.update(1, loss=f"{record['train/loss']:.2f}", elbo=f"{record['test/elbo']:.2f}")
+          # A bar shows every epoch; above it, a line at each checkpoint and the last epoch.
+          if (
+            not progress.interactive
+            or epoch % config.checkpoint_every_epochs == 0
+            or (epoch == config.num_epochs)
+          ):
+            progress.write(line)
           epoch_metrics, epoch_seconds = [], 0.0
         # Every process must take the same branch: a signal to one host stops them all.
         stop_signal = parallel.max_over_processes(stop.signal or 0)
@@ -159,17 +164,12 @@ def train_and_evaluate(
       writer.close()
     checkpointer.close()
 
-  summary = report.final_evaluation(experiment, state, step, test_x, test_labels, workdir, command)
-  logging.info("Summary: %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))
+  summary = report.final_evaluation(
+    experiment, state, step, test_x, test_labels, workdir, command, training_seconds
+  )
+  if main_process:
+    print(report.human_summary(summary, workdir), flush=True)
   return summary
-
-
-def _progress_bar(epoch: int, num_epochs: int) -> None:
-  if sys.stderr.isatty():
-    done = int(30 * epoch / num_epochs)
-    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] epoch {epoch}/{num_epochs}")
-    sys.stderr.write("\n" if epoch == num_epochs else "")
-    sys.stderr.flush()
 
 
 class _StopSignal:
@@ -206,6 +206,17 @@ def first_failure(step_metrics: dict[str, np.ndarray], first_step: int) -> str:
   return f"step {first_step + step} (seed {seed}): non-finite {', '.join(terms)}"
 
 
-def _format_duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  return f"{minutes}m{seconds:02d}s"
+def _check_writable(workdir: str) -> None:
+  """Fails at once with what to do, where orbax would wait minutes for a failed save."""
+  for directory in (workdir, os.path.join(workdir, "checkpoints")):
+    try:
+      os.makedirs(directory, exist_ok=True)
+      probe = os.path.join(directory, f".write_test_{os.getpid()}")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as error:
+      raise PermissionError(
+        f"Cannot write to {directory} ({error.strerror or error}); choose a --workdir you can "
+        "write to, or fix its permissions."
+      ) from error

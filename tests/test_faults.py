@@ -1,0 +1,152 @@
+"""Faults and bad input: a resumed run checks its config, damaged checkpoints are
+recognized and skipped, nothing is logged twice, an unwritable workdir fails at once."""
+
+import json
+import os
+
+import helpers
+import jax
+import numpy as np
+import pytest
+from test_train import make_small_dataset, tiny_config
+
+from vae_jax import checkpoints, train
+from vae_jax.config import build_config
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+  return make_small_dataset()
+
+
+def _params(workdir):
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=3)
+  step = checkpointer.latest_step()
+  restored = checkpointer.manager.restore(step)
+  checkpointer.close()
+  return step, restored["params"]
+
+
+def test_resuming_with_another_config_is_refused_and_keeps_the_workdir(small_dataset, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(num_epochs=1), workdir, dataset=small_dataset)
+  config_json = open(os.path.join(workdir, "config.json")).read()
+  for change, named in (
+    (dict(activation="relu"), "activation='tanh' -> 'relu'"),
+    (dict(batch_size=25), "batch_size=50 -> 25"),
+    (dict(learning_rate=3e-3), "learning_rate=0.001 -> 0.003"),
+    (dict(latent_dim=5), "latent_dim=4 -> 5"),
+  ):
+    with pytest.raises(ValueError, match="Bad config for resuming") as error:
+      train.train_and_evaluate(tiny_config(num_epochs=1, **change), workdir, dataset=small_dataset)
+    assert named in str(error.value)
+    assert open(os.path.join(workdir, "config.json")).read() == config_json  # untouched
+  # Training longer, or evaluating with more samples, is a resume.
+  summary = train.train_and_evaluate(
+    tiny_config(num_epochs=2, eval_num_samples=30), workdir, dataset=small_dataset
+  )
+  assert summary["steps"] == 16 and summary["log_likelihood_num_samples"] == 30
+  cosine = str(tmp_path / "cosine")
+  train.train_and_evaluate(
+    tiny_config(num_epochs=1, lr_schedule="cosine"), cosine, dataset=small_dataset
+  )
+  with pytest.raises(ValueError, match="num_epochs=1 -> 2"):  # a cosine schedule depends on it
+    train.train_and_evaluate(
+      tiny_config(num_epochs=2, lr_schedule="cosine"), cosine, dataset=small_dataset
+    )
+
+
+def _flip_a_byte(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x10]))
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _largest_file(directory):
+  files = [os.path.join(root, f) for root, _, names in os.walk(directory) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate], ids=["flipped_byte", "truncated"])
+def test_a_damaged_checkpoint_is_skipped_and_the_run_ends_as_an_undamaged_one(
+  small_dataset, tmp_path, damage
+):
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(tiny_config(num_epochs=3), straight, dataset=small_dataset)
+  damaged = str(tmp_path / "damaged")
+  train.train_and_evaluate(tiny_config(num_epochs=2), damaged, dataset=small_dataset)
+  damage(_largest_file(os.path.join(damaged, "checkpoints", "16")))
+  # Resumes from step 8 (the newest intact checkpoint), replaces step 16, trains to 24.
+  train.train_and_evaluate(tiny_config(num_epochs=3), damaged, dataset=small_dataset)
+  (step_a, params_a), (step_b, params_b) = _params(straight), _params(damaged)
+  assert step_a == step_b == 24
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  records = [json.loads(line) for line in open(os.path.join(damaged, "metrics.jsonl"))]
+  assert [r["epoch"] for r in records] == [1, 2, 3]  # epoch 2's record, redone, once
+
+
+def test_no_intact_checkpoint_says_what_to_do(small_dataset, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(num_epochs=1), workdir, dataset=small_dataset)
+  _truncate(_largest_file(os.path.join(workdir, "checkpoints", "8")))
+  with pytest.raises(ValueError, match="No checkpoint in .* can be restored .*new --workdir"):
+    train.train_and_evaluate(tiny_config(num_epochs=2), workdir, dataset=small_dataset)
+
+
+def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(small_dataset, tmp_path):
+  """A run killed after logging epoch 3 but before checkpointing it resumes from epoch 2:
+  metrics.jsonl keeps epochs 1-2 and gets epoch 3 once."""
+  workdir = str(tmp_path)
+  config = tiny_config(num_epochs=3, checkpoint_every_epochs=2)
+  train.train_and_evaluate(config, workdir, dataset=small_dataset)
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=3)
+  assert checkpointer.manager.all_steps() == [16, 24]
+  checkpointer.manager.delete(24)  # as if killed before the last save
+  checkpointer.close()
+  train.train_and_evaluate(config, workdir, dataset=small_dataset)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+def test_an_unwritable_workdir_fails_at_once(small_dataset, tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  with pytest.raises(PermissionError, match="Cannot write to .*a_file"):
+    train.train_and_evaluate(tiny_config(), str(a_file), dataset=small_dataset)
+  if os.geteuid() != 0:  # root writes anywhere
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="choose a --workdir you can write to"):
+      train.train_and_evaluate(tiny_config(), str(read_only), dataset=small_dataset)
+
+
+def test_build_config_names_an_unknown_field():
+  with pytest.raises(KeyError, match="learning_rte"):
+    build_config(dict(learning_rte=1e-3))
+
+
+def test_entry_points_report_a_users_mistake_in_one_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  trained = helpers.run_module(
+    "experiments.train", "--config=experiments/configs/smoke.py", f"--workdir={workdir}"
+  )
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  for module, flags, message in (
+    ("experiments.train", ["--config.activation=relu"], "activation='tanh' -> 'relu'"),
+    ("experiments.evaluate", ["--iwae_samples=1,x"], "--iwae_samples=1,x: give integers"),
+    ("experiments.evaluate", [f"--workdir={tmp_path}"], "has no config.json"),
+  ):
+    if module == "experiments.train":
+      flags = ["--config=experiments/configs/smoke.py", f"--workdir={workdir}", *flags]
+    elif not any(f.startswith("--workdir") for f in flags):
+      flags = [f"--workdir={workdir}", *flags]
+    result = helpers.run_module(module, *flags)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
