@@ -284,3 +284,18 @@ def test_gradients_match_finite_differences():
 def test_bad_input_raises_value_error_naming_the_argument(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize("logvar", [-150.0, -100.0, 100.0, 150.0])
+def test_extreme_log_variances_stay_finite(logvar):
+  """exp(-logvar) overflows float32 beyond |logvar| = 88.7; the densities must not."""
+  logvar = jnp.full((3,), logvar, jnp.float32)
+  mean = jnp.array([0.5, -1.0, 2.0], jnp.float32)
+  at_mean = vae_jax.log_normal(mean, mean, logvar)  # 0 * inf would be NaN
+  np.testing.assert_allclose(
+    at_mean, -0.5 * np.sum(np.log(2 * np.pi) + np.asarray(logvar)), rtol=1e-6
+  )
+  assert np.isfinite(vae_jax.kl_normal(mean, logvar, mean, logvar))
+  np.testing.assert_allclose(vae_jax.kl_normal(mean, logvar, mean, logvar), 0.0, atol=1e-6)
+  near = vae_jax.log_normal(mean + 1e-30, mean, logvar)
+  assert not np.isnan(near)

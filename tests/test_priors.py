@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from test_train import make_small_dataset, tiny_config
 
+import vae_jax
 from vae_jax import evaluation, models, priors, train
 from vae_jax.config import build_config, validate_config
 
@@ -113,3 +114,38 @@ def test_priors_train_and_evaluate_through_the_built_in_paths(prior, tmp_path):
 def test_a_non_standard_prior_with_the_analytic_kl_is_a_config_error():
   with pytest.raises(ValueError, match="set analytic_kl=False"):
     validate_config(build_config(dict(prior="mixture")))
+
+
+class ShiftedNormal(nnx.Module):
+  """A prior of a user's own: N(m, I) with m learned."""
+
+  def __init__(self, latent_dim):
+    self.latent_dim = latent_dim
+    self.mean = nnx.Param(jnp.full((latent_dim,), 0.5))
+
+  def log_prob(self, z, encode=None):
+    return vae_jax.log_standard_normal(z - jnp.broadcast_to(self.mean[...], z.shape))
+
+  def sample(self, key, num_samples, encode=None):
+    noise = jax.random.normal(key, (num_samples, self.latent_dim))
+    return jnp.broadcast_to(self.mean[...], noise.shape) + noise
+
+
+def test_a_prior_module_of_your_own_is_used_by_every_path():
+  """VAE(prior=module): its log-density enters the objectives (the MC KL equals the
+  closed form KL(q || N(m, I))), its samples the pictures, its parameters the gradient."""
+  vae = small_vae(ShiftedNormal(2))
+  assert not vae.has_analytic_kl and vae.log_prior() is not None
+  x = (jax.random.uniform(jax.random.key(0), (3, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  terms = vae.elbo_terms(jax.random.key(1), x, num_samples=20_000, analytic_kl=False)
+  mean, logvar = vae.encode(x)
+  exact = vae_jax.kl_normal(mean, logvar, jnp.full_like(mean, 0.5), jnp.zeros_like(logvar))
+  np.testing.assert_allclose(terms.kl, exact, atol=0.05)
+  samples = vae.prior.sample(jax.random.key(2), 50_000)
+  np.testing.assert_allclose(np.mean(samples, 0), [0.5, 0.5], atol=0.02)
+
+  def loss(vae):
+    return -jnp.mean(vae.elbo_terms(jax.random.key(1), x, analytic_kl=False).kl)
+
+  grads = nnx.grad(loss)(vae)
+  assert np.all(np.abs(grads.prior.mean[...]) > 0)

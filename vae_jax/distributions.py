@@ -80,7 +80,9 @@ def log_standard_normal(z: ArrayLike) -> jax.Array:
 def log_normal_per_dimension(x: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
   """log_normal before the sum over the last axis: [..., event]."""
   x, mean, logvar = _data_and_parameters(("x", "mean", "logvar"), x, mean, logvar)
-  return -0.5 * (_LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar))
+  # ((x - mean) / sigma)^2 with sigma^-1 = exp(-logvar / 2): finite for |logvar| up to ~177
+  # in float32, where exp(-logvar) overflows beyond 88 (and 0 * inf at x = mean is NaN).
+  return -0.5 * (_LOG_2PI + logvar + jnp.square((x - mean) * jnp.exp(-0.5 * logvar)))
 
 
 def log_bernoulli(x: ArrayLike, logits: ArrayLike) -> jax.Array:
@@ -285,7 +287,9 @@ def kl_normal_per_dimension(
     check_floating(name, value)
   mean_q, logvar_q, mean_p, logvar_p = broadcast_args(names, *args)
   log_ratio = logvar_q - logvar_p
-  return 0.5 * (_exp_minus_1_minus(log_ratio) + jnp.square(mean_q - mean_p) * jnp.exp(-logvar_p))
+  # As in log_normal: the mean term stays finite (0 for mean_q = mean_p) for |logvar_p| < ~177.
+  scaled_difference = (mean_q - mean_p) * jnp.exp(-0.5 * logvar_p)
+  return 0.5 * (_exp_minus_1_minus(log_ratio) + jnp.square(scaled_difference))
 
 
 def kl_normal_std(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:

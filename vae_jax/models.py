@@ -351,7 +351,10 @@ class VAE(_ImageModel):
 
   The encoder maps an image (and the one-hot label) to the mean and log-variance
   of q(z|x); the decoder maps z (and the label) to the likelihood head's
-  parameters for every pixel.
+  parameters for every pixel. `prior` is a name in priors.PRIORS, or a prior of
+  your own: an NNX module with log_prob(z, encode) -> [...] and
+  sample(key, num_samples, encode) -> [num_samples, latent_dim] (see priors.py),
+  whose parameters train with the model's.
   """
 
   def __init__(
@@ -367,7 +370,7 @@ class VAE(_ImageModel):
     num_classes: int = 0,
     gaussian_logvar: float = 0.0,
     num_components: int = 10,
-    prior: str = "standard_normal",
+    prior: str | nnx.Module = "standard_normal",
     prior_components: int = 500,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
@@ -378,21 +381,23 @@ class VAE(_ImageModel):
     self.latent_dim = latent_dim
     self.num_classes = num_classes
     num_pixels = math.prod(self.image_shape)
-    if prior == "vampprior" and (num_classes or self.integer_data):
+    if isinstance(prior, str):
+      prior = priors.make_prior(
+        prior,
+        latent_dim=latent_dim,
+        image_shape=self.image_shape,
+        num_components=prior_components,
+        rngs=rngs,
+      )
+    if isinstance(prior, priors.VampPrior) and (num_classes or self.integer_data):
       raise ValueError(
         "prior='vampprior' needs an unconditional model of pixels in [0, 1] (its pseudo-"
         "inputs are images the encoder reads): use another prior, or num_classes=0 and a "
         "bernoulli or gaussian likelihood."
       )
-    self.prior = priors.make_prior(
-      prior,
-      latent_dim=latent_dim,
-      image_shape=self.image_shape,
-      num_components=prior_components,
-      rngs=rngs,
-    )
+    self.prior = prior
     # KL(q(z|x) || p(z)) in closed form: for the N(0, I) prior only.
-    self.has_analytic_kl = prior == "standard_normal"
+    self.has_analytic_kl = isinstance(prior, priors.StandardNormal)
     outputs = self.likelihood.outputs_per_pixel
     if architecture == "mlp":
       self.encoder = MLP(

@@ -252,9 +252,11 @@ def _headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
   )
   if f"{split}_log_likelihood_bits_per_dim" in report:
     rows.append(("  in bits/dim", f"{report[f'{split}_log_likelihood_bits_per_dim']:.4f}"))
-  latents = report.get(f"{split}_latent_activity")
-  if latents and isinstance(latents[0], list):
-    latents = latents[0]
+  # One seed: a list per latent; several: one list per seed.
+  latents = (
+    report.get(f"{split}_latent_activity")
+    or report.get(f"{split}_latent_activity_per_seed", [[]])[0]
+  )
   active = report.get(f"{split}_active_units")
   rows.append(("active units", f"{active:g} of {len(latents)}" if latents else f"{active:g}"))
   return rows
@@ -268,7 +270,7 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
     "",
     f"Trained {report['epochs']:g} epochs on {report['dataset']} ({report['binarization']} "
     f"binarization){f', {seeds} seeds (mean over seeds)' if seeds > 1 else ''}.",
-    f"Evaluated on {report[f'{split}_num_examples']:,} {split} images, nats per image "
+    f"Evaluated on {int(report[f'{split}_num_examples']):,} {split} images, nats per image "
     "± standard error over images:",
   ]
   width = max(len(what) for what, _ in _headline_rows(report))

@@ -220,3 +220,36 @@ def _check_writable(workdir: str) -> None:
         f"Cannot write to {directory} ({error.strerror or error}); choose a --workdir you can "
         "write to, or fix its permissions."
       ) from error
+
+
+def restore_model(
+  workdir: str,
+  *,
+  seed: int = 0,
+  model: models.LatentVariableModel | None = None,
+  dataset: data.Dataset | None = None,
+) -> tuple[models.LatentVariableModel, int]:
+  """The model of a workdir's newest intact checkpoint, and the checkpoint's step.
+
+  Args:
+    workdir: a workdir of train_and_evaluate.
+    seed: which of the run's seeds.
+    model: for a run trained with model=..., a module of the same structure (its
+      parameters are replaced); None: the model its config describes.
+    dataset: the data (for the image shape and classes); loaded from the config when None.
+  """
+  config = load_workdir_config(workdir)
+  if dataset is None:
+    dataset = data.load(
+      config.dataset,
+      data_dir=config.data_dir,
+      manual_dir=config.manual_dir,
+      validation_size=config.validation_size,
+    )
+  experiment = Experiment(config, dataset, model=model)
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
+  try:
+    step, state = checkpointer.restore(experiment.abstract_state())
+  finally:
+    checkpointer.close()
+  return experiment.model(jax.device_get(experiment.seed_params(state["params"], seed))), step
