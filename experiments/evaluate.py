@@ -53,12 +53,7 @@ def main(argv):
       config[name] = flag.value
   validate_config(config)
   parallel.initialize_distributed(config)
-  dataset = data.load(
-    config.dataset,
-    data_dir=config.data_dir,
-    manual_dir=config.manual_dir,
-    validation_size=config.validation_size,
-  )
+  dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset)
   checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
   step = checkpointer.latest_step()

@@ -1,5 +1,6 @@
 """Tests for vae_jax.data: TFDS loading (mocked and real), Frey faces, binarization, bad input."""
 
+import glob
 import os
 import shutil
 
@@ -87,6 +88,17 @@ def test_real_mnist(prepared_data_dir):
   )
   assert abs(all_train.mean() - 33.318) < 0.01
   assert all_train.min() == 0 and all_train.max() == 255
+
+
+def test_a_damaged_prepared_file_names_its_folder_and_the_command(prepared_data_dir, tmp_path):
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(prepared_data_dir, data_dir)
+  (record,) = glob.glob(str(data_dir / "mnist" / "*" / "mnist-test.array_record*"))
+  with open(record, "r+b") as f:
+    f.truncate(os.path.getsize(record) // 2)
+  with pytest.raises(ValueError, match="Could not read 'mnist' prepared in .*mnist") as error:
+    data.load("mnist", data_dir=str(data_dir))
+  assert "prepare it again with: python scripts/prepare_data.py --dataset=mnist" in str(error.value)
 
 
 def test_real_binarized_mnist_equals_the_amat_files(prepared_data_dir):

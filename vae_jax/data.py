@@ -273,9 +273,19 @@ def load_tfds(name: str, *, data_dir: str | None = None, manual_dir: str | None 
 
   def read():
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    return builder, {
-      split: _tfds_split(builder.as_data_source(split=split)) for split in TFDS_SPLITS[name]
-    }
+    try:
+      return builder, {
+        split: _tfds_split(builder.as_data_source(split=split)) for split in TFDS_SPLITS[name]
+      }
+    except KeyError:  # not prepared: handled below
+      raise
+    except Exception as error:  # noqa: BLE001 (whatever the record reader raises)
+      first_line = (str(error).strip().splitlines() or [repr(error)])[0][:300]
+      raise ValueError(
+        f"Could not read {name!r} prepared in {builder.data_dir} ({first_line}). Its files "
+        f"may be damaged or partly written: delete that folder and prepare it again with: "
+        f"{_preparation_command(name, data_dir)}"
+      ) from error
 
   try:
     builder, splits = read()
@@ -330,6 +340,17 @@ def load(
   else:
     raise ValueError(f"Unknown dataset {name!r}; choose one of {DATASETS}.")
   return hold_out_validation(dataset, validation_size)
+
+
+def load_for_config(config) -> Dataset:
+  """The dataset an experiment config names: load() with its dataset, data_dir,
+  manual_dir and validation_size."""
+  return load(
+    config.dataset,
+    data_dir=config.data_dir,
+    manual_dir=config.manual_dir,
+    validation_size=config.validation_size,
+  )
 
 
 def check_binarization(dataset: Dataset, binarization: str) -> None:

@@ -40,7 +40,7 @@ def train_and_evaluate(
   Re-running with the same workdir resumes from the latest checkpoint.
 
   Args:
-    config: an experiment config (see experiments/configs/default.py).
+    config: an experiment config (see vae_jax/config.py).
     workdir: where checkpoints, metrics, pictures and summary.json go.
     loss_fn: loss_fn(model, key, x, labels, step) -> (loss, metrics), a scalar to
       minimize and a dict of scalars to log under their own names; None: the built-in
@@ -56,12 +56,7 @@ def train_and_evaluate(
   validate_config(config)
   parallel.initialize_distributed(config)
   if dataset is None:
-    dataset = data.load(
-      config.dataset,
-      data_dir=config.data_dir,
-      manual_dir=config.manual_dir,
-      validation_size=config.validation_size,
-    )
+    dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset, loss_fn=loss_fn, model=model)
   main_process = parallel.is_main_process()  # the only process that writes files
   _check_writable(workdir)
@@ -240,12 +235,7 @@ def restore_model(
   """
   config = load_workdir_config(workdir)
   if dataset is None:
-    dataset = data.load(
-      config.dataset,
-      data_dir=config.data_dir,
-      manual_dir=config.manual_dir,
-      validation_size=config.validation_size,
-    )
+    dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset, model=model)
   checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
   try:
