@@ -110,6 +110,8 @@ def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(small_datas
   assert checkpointer.manager.all_steps() == [16, 24]
   checkpointer.manager.delete(24)  # as if killed before the last save
   checkpointer.close()
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 32, "train/lo')  # and while writing a record
   train.train_and_evaluate(config, workdir, dataset=small_dataset)
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["epoch"] for r in records] == [1, 2, 3]

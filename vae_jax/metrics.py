@@ -7,6 +7,14 @@ from typing import Mapping
 import tensorboardX
 
 
+def _step(line: str) -> int | None:
+  """A record's step; None for a line cut short when a run was killed mid-write."""
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return None
+
+
 class MetricWriter:
   """Appends one JSON line per record to WORKDIR/metrics.jsonl and writes TensorBoard scalars.
 
@@ -19,7 +27,7 @@ class MetricWriter:
     path = os.path.join(workdir, "metrics.jsonl")
     if resumed_step and os.path.exists(path):
       with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resumed_step]
+        kept = [line for line in f if _step(line) is not None and _step(line) <= resumed_step]
       with open(path + ".tmp", "w") as f:
         f.writelines(kept)
       os.replace(path + ".tmp", path)
