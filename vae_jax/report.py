@@ -286,6 +286,10 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
   return "\n".join(lines)
 
 
+def _setting(value) -> str:
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def write_index(workdir: str, report: dict[str, Any], pictures: list[str]) -> str:
   """index.html: the headline numbers, the settings and every picture, in one page."""
   split = report["split"]
@@ -294,7 +298,7 @@ def write_index(workdir: str, report: dict[str, Any], pictures: list[str]) -> st
     for what, value in _headline_rows(report)
   )
   settings = "".join(
-    f"<li>{name}: {html.escape(str(report.get(name)))}</li>"
+    f"<li>{name}: {html.escape(_setting(report[name]))}</li>"
     for name in (
       "dataset",
       "binarization",
@@ -318,7 +322,7 @@ def write_index(workdir: str, report: dict[str, Any], pictures: list[str]) -> st
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}}
 figure{{display:inline-block;vertical-align:top;margin:1em}}</style></head>
 <body><h1>{html.escape(caption(report))}</h1>
-<table><tr><th>{split} set, nats per image</th><th>± standard error</th></tr>{rows}</table>
+<table><tr><th>{split} set</th><th>nats per image ± standard error</th></tr>{rows}</table>
 <ul>{settings}</ul>
 {images}
 </body></html>
