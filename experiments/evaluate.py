@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 
 from experiments import cli
-from vae_jax import checkpoints, data, parallel, report
+from vae_jax import data, parallel, report
 from vae_jax.config import load_workdir_config, validate_config
 from vae_jax.experiment import Experiment
 
@@ -55,12 +55,7 @@ def main(argv):
   parallel.initialize_distributed(config)
   dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset)
-  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise app.UsageError(f"{workdir} has no checkpoint to evaluate.")
-  step, state = checkpointer.restore(experiment.abstract_state())
-  checkpointer.close()
+  step, state = experiment.restore(workdir)  # no checkpoint: a one-line error
   images, labels = {
     "test": (dataset.test_images, dataset.test_labels),
     "valid": (dataset.validation_images, dataset.validation_labels),

@@ -14,7 +14,6 @@ from ml_collections import config_flags
 
 from experiments import cli
 from vae_jax import train
-from vae_jax.config import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "experiments/configs/default.py", "Experiment config file.", lock_config=True
@@ -30,7 +29,6 @@ def main(argv):
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   command = shlex.join(["python", "-m", "experiments.train", *sys.argv[1:]])
   config = cli.config_value(_CONFIG)
-  validate_config(config)
   train.train_and_evaluate(config, _WORKDIR.value, command=command)
 
 

@@ -88,8 +88,11 @@ class Checkpointer:
   def restore(self, abstract_state: Any) -> tuple[int, Any]:
     """The newest intact checkpoint as (step, state), with the structure, shapes and dtypes
     of abstract_state. Damaged newer ones are reported, skipped and later replaced."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"{self.directory} holds no checkpoint: train in this workdir first.")
     errors = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    for step in steps:
       try:
         self._check_digests(step)
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

@@ -14,8 +14,8 @@ import ml_collections
 import optax
 from flax import nnx
 
+from vae_jax import checkpoints, data, evaluation, losses, models, parallel
 from vae_jax import config as config_lib
-from vae_jax import data, evaluation, losses, models, parallel
 from vae_jax import state as state_lib
 
 
@@ -126,8 +126,16 @@ class Experiment:
     # takes host values (the same on every process), not arrays on one local device.
     return jax.device_put(jax.device_get((x, labels)), self.sharding)
 
-  def model(self, params) -> models.VAE:
+  def model(self, params) -> models.LatentVariableModel:
     return nnx.merge(self.graphdef, params)
+
+  def restore(self, workdir: str) -> tuple[int, dict]:
+    """The newest intact checkpoint of a workdir of this config: (step, train state)."""
+    checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=self.config.max_checkpoints)
+    try:
+      return checkpointer.restore(self.abstract_state())
+    finally:
+      checkpointer.close()
 
   # --- State -------------------------------------------------------------------------
 

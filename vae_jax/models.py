@@ -297,18 +297,9 @@ class LatentVariableModel(Protocol):
     """The IWAE bound per example, with the gradient of `estimator`, [batch]."""
 
 
-PROTOCOL_MEMBERS = (
-  "image_shape",
-  "latent_dim",
-  "num_classes",
-  "has_analytic_kl",
-  "integer_data",
-  "encode",
-  "decode_mean",
-  "decode_prior",
-  "elbo_terms",
-  "log_weights",
-  "iwae",
+# The protocol's attributes, then its methods, read off the class.
+PROTOCOL_MEMBERS = tuple(LatentVariableModel.__annotations__) + tuple(
+  name for name, member in vars(LatentVariableModel).items() if callable(member) and name[0] != "_"
 )
 
 

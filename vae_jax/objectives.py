@@ -35,7 +35,6 @@ LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]
 LogPrior = Callable[[jax.Array], jax.Array]
 
 ESTIMATORS = ("reparam", "stl", "dreg")
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class ElboTerms(NamedTuple):
@@ -149,7 +148,7 @@ def _log_prior_minus_log_q(
     eps = (z_KxBxZ - mean[None]) * jnp.exp(-0.5 * logvar)[None]
   if log_prior is None:  # N(0, I): the log(2 pi) terms cancel
     return -0.5 * jnp.sum(jnp.square(z_KxBxZ) - jnp.square(eps) - logvar[None], axis=-1)
-  log_q = -0.5 * jnp.sum(jnp.square(eps) + logvar[None] + _LOG_2PI, axis=-1)
+  log_q = distributions.log_standard_normal(eps) - 0.5 * jnp.sum(logvar, axis=-1)[None]
   return _log_prior(log_prior, z_KxBxZ) - log_q
 
 

@@ -24,35 +24,28 @@ def make_model(
   config: ml_collections.ConfigDict, image_shape, num_classes: int, rngs: nnx.Rngs
 ) -> models.VAE | models.TwoStochasticLayerVAE:
   """The VAE that config describes."""
-  if config.stochastic_layers == 2:
-    return models.TwoStochasticLayerVAE(
-      image_shape=image_shape,
-      latent_dim=config.latent_dim,
-      top_latent_dim=config.top_latent_dim,
-      hidden=tuple(config.hidden),
-      top_hidden=tuple(config.top_hidden),
-      likelihood=config.likelihood,
-      activation=config.activation,
-      gaussian_logvar=config.gaussian_logvar,
-      num_components=config.num_components,
-      dtype=jnp.dtype(config.dtype),
-      rngs=rngs,
-    )
-  return models.VAE(
+  shared = dict(
     image_shape=image_shape,
     latent_dim=config.latent_dim,
-    likelihood=config.likelihood,
-    architecture=config.architecture,
     hidden=tuple(config.hidden),
-    conv_channels=tuple(config.conv_channels),
+    likelihood=config.likelihood,
     activation=config.activation,
-    num_classes=num_classes if config.conditional else 0,
     gaussian_logvar=config.gaussian_logvar,
     num_components=config.num_components,
-    prior=config.prior,
-    prior_components=config.prior_components,
     dtype=jnp.dtype(config.dtype),
     rngs=rngs,
+  )
+  if config.stochastic_layers == 2:
+    return models.TwoStochasticLayerVAE(
+      top_latent_dim=config.top_latent_dim, top_hidden=tuple(config.top_hidden), **shared
+    )
+  return models.VAE(
+    architecture=config.architecture,
+    conv_channels=tuple(config.conv_channels),
+    num_classes=num_classes if config.conditional else 0,
+    prior=config.prior,
+    prior_components=config.prior_components,
+    **shared,
   )
 
 

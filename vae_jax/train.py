@@ -99,8 +99,9 @@ def train_and_evaluate(
         last_good_state = experiment.copy_state(state)
         state, call_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
         call_metrics = jax.device_get(call_metrics)
-        epoch_seconds += time.perf_counter() - start
-        training_seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        epoch_seconds += elapsed
+        training_seconds += elapsed
         if not all(np.all(np.isfinite(values)) for values in call_metrics.values()):
           checkpointer.save(step, last_good_state)
           # Re-run the call step by step (deterministic: all randomness is (seed, step)).
@@ -128,7 +129,10 @@ def train_and_evaluate(
           record = report.mean_over_seeds({**train, **evaluations})
           record["epoch"] = epoch
           record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
-          if epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps:
+          checkpoint_now = (
+            epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps
+          )
+          if checkpoint_now:
             checkpointer.save(step, state)
           if writer:
             writer.write(step, record)
@@ -140,12 +144,8 @@ def train_and_evaluate(
             f"{record['images_per_second']:.0f} img/s | ETA {format_duration(eta)}"
           )
           progress.update(1, loss=f"{record['train/loss']:.2f}", elbo=f"{record['test/elbo']:.2f}")
-          # A bar shows every epoch; above it, a line at each checkpoint and the last epoch.
-          if (
-            not progress.interactive
-            or epoch % config.checkpoint_every_epochs == 0
-            or (epoch == config.num_epochs)
-          ):
+          # A bar shows every epoch; above it, a line at each checkpoint (and the last epoch).
+          if checkpoint_now or not progress.interactive:
             progress.write(line)
           epoch_metrics, epoch_seconds = [], 0.0
         # Every process must take the same branch: a signal to one host stops them all.
@@ -237,9 +237,5 @@ def restore_model(
   if dataset is None:
     dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset, model=model)
-  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints)
-  try:
-    step, state = checkpointer.restore(experiment.abstract_state())
-  finally:
-    checkpointer.close()
+  step, state = experiment.restore(workdir)
   return experiment.model(jax.device_get(experiment.seed_params(state["params"], seed))), step
