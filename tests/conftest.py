@@ -3,12 +3,23 @@
 The tests check exact math (closed forms, path gradients that vanish, bit-identical
 resumes), so float32 matmuls are pinned to float32: on an NVIDIA GPU JAX's default is
 TF32 (10-bit mantissa inputs), which moves such results by ~1e-3. The environment
-variable reaches the subprocesses that the tests start. Implicit rank promotion is a bug.
+variables reach the subprocesses that the tests start. Implicit rank promotion is a bug.
+
+Many tests build the same small experiment, and compiling its functions again was
+most of their time, so the run shares one compilation cache (a new, empty one each
+run, removed at the end): a cached executable is the one the same program compiles to.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "float32"
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="vae_jax_tests_compilation_cache_")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # cache small programs too
 
 import jax  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_train import make_small_dataset, tiny_config
 
-from vae_jax import checkpoints, train
+from vae_jax import checkpoints, metrics, train
 from vae_jax.config import build_config
 
 
@@ -102,7 +102,8 @@ def test_no_intact_checkpoint_says_what_to_do(small_dataset, tmp_path):
 
 def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(small_dataset, tmp_path):
   """A run killed after logging epoch 3 but before checkpointing it resumes from epoch 2:
-  metrics.jsonl keeps epochs 1-2 and gets epoch 3 once."""
+  metrics.jsonl keeps epochs 1-2 and gets epoch 3 once. The training time reported
+  counts the epochs of both calls."""
   workdir = str(tmp_path)
   config = tiny_config(num_epochs=3, checkpoint_every_epochs=2)
   train.train_and_evaluate(config, workdir, dataset=small_dataset)
@@ -112,9 +113,12 @@ def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(small_datas
   checkpointer.close()
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"step": 32, "train/lo')  # and while writing a record
-  train.train_and_evaluate(config, workdir, dataset=small_dataset)
+  assert [r["epoch"] for r in metrics.read_records(workdir)] == [1, 2, 3]  # the cut line skipped
+  summary = train.train_and_evaluate(config, workdir, dataset=small_dataset)
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["epoch"] for r in records] == [1, 2, 3]
+  assert summary["training_seconds"] == pytest.approx(sum(r["train_seconds"] for r in records))
+  assert summary["training_seconds"] > records[-1]["train_seconds"] > 0
 
 
 def test_an_unwritable_workdir_fails_at_once(small_dataset, tmp_path):

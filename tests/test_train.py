@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import vae_jax
-from vae_jax import checkpoints, data, models, train
+from vae_jax import checkpoints, data, likelihoods, models, train
 from vae_jax.config import build_config, validate_config
 from vae_jax.experiment import Experiment
 
@@ -130,7 +130,7 @@ def test_two_stochastic_layers_importance_sampling_recovers_exact_log_likelihood
   assert np.all(np.asarray(elbo) < exact - 0.05)
 
 
-@pytest.mark.parametrize("likelihood", models.LIKELIHOODS)
+@pytest.mark.parametrize("likelihood", likelihoods.LIKELIHOODS)
 @pytest.mark.parametrize(
   "architecture, image_shape", [("mlp", (28, 28, 1)), ("conv", (28, 28, 1)), ("conv", (32, 32, 3))]
 )
@@ -198,7 +198,7 @@ def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_sa
   extra reductions) shows up as kernels in the compiled scan body: at Burda et al.'s
   batch of 20 a GPU step is launch-bound, so each one costs time. Compiled for the
   current backend (CPU, or the GPU where there is one) beside scripts/bench.py's
-  minimal loop of the same model."""
+  minimal loop of the same model and estimator."""
   sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
   import bench
 

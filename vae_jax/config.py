@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data, losses, models, objectives, priors
+from vae_jax import data, likelihoods, losses, networks, objectives, priors
 
 LR_SCHEDULES = ("constant", "cosine", "burda")
 MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32")
@@ -34,7 +34,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.top_hidden = (50, 50)  # second stochastic block's hidden layers (stochastic_layers=2)
   config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
   config.activation = "tanh"
-  config.likelihood = "bernoulli"  # see vae_jax.models.LIKELIHOODS
+  config.likelihood = "bernoulli"  # see vae_jax.likelihoods.LIKELIHOODS
   # Precision of the networks' matmuls; parameters, optimizer state, every log-density,
   # KL and logsumexp, and the first layer of networks that take latent samples stay float32.
   config.dtype = "float32"  # "float32" | "bfloat16"
@@ -134,9 +134,9 @@ def _check_data(config) -> None:
 
 
 def _check_model(config) -> None:
-  _choice(config, "likelihood", models.LIKELIHOODS)
+  _choice(config, "likelihood", likelihoods.LIKELIHOODS)
   _choice(config, "architecture", ("mlp", "conv"))
-  _choice(config, "activation", sorted(models.ACTIVATIONS))
+  _choice(config, "activation", sorted(networks.ACTIVATIONS))
   _choice(config, "stochastic_layers", (1, 2))
   _choice(config, "dtype", ("float32", "bfloat16"))
   _choice(config, "prior", priors.PRIORS)

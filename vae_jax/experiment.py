@@ -29,7 +29,10 @@ class Experiment:
     *,
     loss_fn=None,
     model: models.LatentVariableModel | None = None,
+    devices=None,
   ):
+    """loss_fn and model as in train.train_and_evaluate; devices: the mesh's devices (all
+    of them when None; scripts/bench.py passes those of a GPU it compiles for without one)."""
     config_lib.validate_config(config)
     data.check_binarization(dataset, config.binarization)
     if config.conditional and not dataset.num_classes:
@@ -70,7 +73,7 @@ class Experiment:
     # its seed axis, each step's batch along "data", and the training data by rows. The
     # state is committed to these shardings, so that a state restored from a checkpoint
     # hits the same compiled step as a fresh one.
-    self.mesh = parallel.make_mesh(config.num_seeds)
+    self.mesh = parallel.make_mesh(config.num_seeds, devices)
     parallel.check_batch_size(config.batch_size, self.mesh)
     self.sharding = parallel.replicated(self.mesh)
     self.state_sharding = parallel.split_seeds(self.mesh)

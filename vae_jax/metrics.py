@@ -7,12 +7,22 @@ from typing import Mapping
 import tensorboardX
 
 
-def _step(line: str) -> int | None:
-  """A record's step; None for a line cut short when a run was killed mid-write."""
+def _record(line: str) -> dict | None:
+  """A metrics.jsonl line's record; None for a line cut short when a run was killed mid-write."""
   try:
-    return json.loads(line)["step"]
-  except (json.JSONDecodeError, KeyError, TypeError):
+    record = json.loads(line)
+  except json.JSONDecodeError:
     return None
+  return record if isinstance(record, dict) and "step" in record else None
+
+
+def read_records(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, one per logged epoch ([] when there is none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [record for line in f if (record := _record(line)) is not None]
 
 
 class MetricWriter:
@@ -27,7 +37,7 @@ class MetricWriter:
     path = os.path.join(workdir, "metrics.jsonl")
     if resumed_step and os.path.exists(path):
       with open(path) as f:
-        kept = [line for line in f if _step(line) is not None and _step(line) <= resumed_step]
+        kept = [line for line in f if (record := _record(line)) and record["step"] <= resumed_step]
       with open(path + ".tmp", "w") as f:
         f.writelines(kept)
       os.replace(path + ".tmp", path)

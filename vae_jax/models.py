@@ -1,6 +1,8 @@
-"""Flax NNX encoders, decoders, likelihood heads and VAEs; modules hold parameters only.
+"""The VAEs (Flax NNX) and the LatentVariableModel protocol that training uses of a model.
 
-A VAE exposes the two callables that vae_jax.objectives take:
+Their networks are in vae_jax/networks.py, their likelihood heads in
+vae_jax/likelihoods.py, their priors in vae_jax/priors.py. A VAE exposes the two
+callables that vae_jax.objectives take:
 
   encode, log_likelihood = model.callables(labels)   # labels only for conditional VAEs
 
@@ -11,221 +13,13 @@ randomness comes from keys passed to the objectives.
 """
 
 import math
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax import distributions, objectives, priors
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-  "tanh": jnp.tanh,
-  "relu": jax.nn.relu,
-  "elu": jax.nn.elu,
-  "gelu": jax.nn.gelu,
-  "softplus": jax.nn.softplus,
-}
-
-
-def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  if name not in ACTIVATIONS:
-    raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
-  return ACTIVATIONS[name]
-
-
-class MLP(nnx.Module):
-  """Dense layers with an activation between them, none after the last.
-
-  `dtype` is the precision of the matmuls (float32 accumulation either way);
-  `float32_first_layer` keeps the first one in float32 whatever `dtype` is: the
-  networks that take latent samples use it, because bfloat16's 8-bit mantissa
-  would move a sample z by up to |z|/256, a sizeable part of a posterior
-  standard deviation (it cost IWAE K=50 about 3 nats of test ELBO).
-  """
-
-  def __init__(
-    self,
-    in_features: int,
-    hidden: Sequence[int],
-    out_features: int,
-    *,
-    activation: str,
-    dtype: jnp.dtype = jnp.float32,
-    float32_first_layer: bool = False,
-    rngs: nnx.Rngs,
-  ):
-    sizes = [in_features, *hidden, out_features]
-    dtypes = [jnp.float32 if float32_first_layer else dtype] + [dtype] * (len(sizes) - 2)
-    self.layers = nnx.List(
-      [
-        nnx.Linear(a, b, dtype=d, preferred_element_type=jnp.float32, rngs=rngs)
-        for a, b, d in zip(sizes[:-1], sizes[1:], dtypes, strict=True)
-      ]
-    )
-    self.activation = _activation(activation)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = self.activation(layer(x))
-    return self.layers[-1](x)
-
-
-# --- Likelihood heads: decoder outputs -> log p(x|z) and a picture ----------------------
-
-
-class Bernoulli(nnx.Module):
-  """Bernoulli pixels; the decoder emits one logit per pixel."""
-
-  outputs_per_pixel = 1
-  integer_data = False
-
-  def log_prob(self, x_BxD: jax.Array, out_BxDxP: jax.Array) -> jax.Array:
-    return distributions.log_bernoulli(x_BxD, out_BxDxP[..., 0])
-
-  def mean(self, out_BxDxP: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(out_BxDxP[..., 0])
-
-
-class Gaussian(nnx.Module):
-  """Gaussian pixels; fixed variance, or a learned variance per pixel."""
-
-  outputs_per_pixel = 1
-  integer_data = False
-
-  def __init__(self, num_pixels: int, *, learned_variance: bool, logvar: float):
-    self.learned_variance = learned_variance
-    if learned_variance:
-      self.logvar = nnx.Param(jnp.full((num_pixels,), logvar, jnp.float32))
-    else:
-      self.fixed_logvar = logvar
-
-  def log_prob(self, x_BxD: jax.Array, out_BxDxP: jax.Array) -> jax.Array:
-    logvar = self.logvar[...] if self.learned_variance else jnp.float32(self.fixed_logvar)
-    return distributions.log_normal(x_BxD, out_BxDxP[..., 0], logvar)
-
-  def mean(self, out_BxDxP: jax.Array) -> jax.Array:
-    return jnp.clip(out_BxDxP[..., 0], 0.0, 1.0)
-
-
-class DiscretizedLogisticMixture(nnx.Module):
-  """Per-pixel mixture of discretized logistics over 8-bit values (PixelCNN++)."""
-
-  integer_data = True
-
-  def __init__(self, num_components: int):
-    self.num_components = num_components
-    self.outputs_per_pixel = 3 * num_components
-
-  def _split(self, out_BxDxP):
-    logits, means, log_scales = jnp.split(out_BxDxP, 3, axis=-1)
-    # A floor on the scale, as in PixelCNN++: a bin is 2/255 wide, and scales far below
-    # it only sharpen a mass that is already ~1 while their gradients overflow.
-    return logits, jnp.tanh(means), jnp.maximum(log_scales, -7.0)
-
-  def log_prob(self, x_BxD: jax.Array, out_BxDxP: jax.Array) -> jax.Array:
-    return distributions.log_discretized_logistic_mixture(x_BxD, *self._split(out_BxDxP))
-
-  def mean(self, out_BxDxP: jax.Array) -> jax.Array:
-    logits, means, _ = self._split(out_BxDxP)
-    return (jnp.sum(jax.nn.softmax(logits, axis=-1) * means, axis=-1) + 1.0) / 2.0
-
-
-class Categorical(nnx.Module):
-  """One 256-way categorical per 8-bit pixel."""
-
-  integer_data = True
-  outputs_per_pixel = 256
-
-  def log_prob(self, x_BxD: jax.Array, out_BxDxP: jax.Array) -> jax.Array:
-    return distributions.log_categorical(x_BxD.astype(jnp.int32), out_BxDxP)
-
-  def mean(self, out_BxDxP: jax.Array) -> jax.Array:
-    values = jnp.arange(self.outputs_per_pixel, dtype=out_BxDxP.dtype)
-    return (jax.nn.softmax(out_BxDxP, axis=-1) @ values) / 255.0
-
-
-LIKELIHOODS = (
-  "bernoulli",
-  "gaussian",
-  "gaussian_learned_variance",
-  "dlogistic_mixture",
-  "categorical",
-)
-
-
-def make_likelihood(
-  name: str, num_pixels: int, *, gaussian_logvar: float = 0.0, num_components: int = 10
-):
-  """The likelihood head called `name` (one of LIKELIHOODS)."""
-  if name == "bernoulli":
-    return Bernoulli()
-  if name in ("gaussian", "gaussian_learned_variance"):
-    learned = name == "gaussian_learned_variance"
-    return Gaussian(num_pixels, learned_variance=learned, logvar=gaussian_logvar)
-  if name == "dlogistic_mixture":
-    return DiscretizedLogisticMixture(num_components)
-  if name == "categorical":
-    return Categorical()
-  raise ValueError(f"Unknown likelihood {name!r}; choose one of {LIKELIHOODS}.")
-
-
-# --- Encoder and decoder bodies ---------------------------------------------------------
-
-
-class ConvEncoder(nnx.Module):
-  """Two stride-2 3x3 convolutions and a dense layer: 28x28 or 32x32 images -> features."""
-
-  def __init__(self, image_shape, channels, hidden, out_features, *, activation, dtype, rngs):
-    height, width, in_channels = image_shape
-    c1, c2 = channels
-    conv = dict(
-      strides=2, padding="SAME", dtype=dtype, preferred_element_type=jnp.float32, rngs=rngs
-    )
-    self.conv1 = nnx.Conv(in_channels, c1, (3, 3), **conv)
-    self.conv2 = nnx.Conv(c1, c2, (3, 3), **conv)
-    flat = math.ceil(height / 4) * math.ceil(width / 4) * c2
-    self.mlp = MLP(flat, hidden, out_features, activation=activation, dtype=dtype, rngs=rngs)
-    self.activation = _activation(activation)
-
-  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-    h = self.activation(self.conv1(x_BxHxWxC))
-    h = self.activation(self.conv2(h))
-    return self.mlp(h.reshape(h.shape[0], -1))
-
-
-class ConvDecoder(nnx.Module):
-  """Dense layers to a (H/4)x(W/4) map, then two stride-2 transposed convolutions."""
-
-  def __init__(
-    self, in_features, image_shape, channels, hidden, out_channels, *, activation, dtype, rngs
-  ):
-    height, width, _ = image_shape
-    if height % 4 or width % 4:
-      raise ValueError(f"ConvDecoder needs height and width divisible by 4, got {image_shape}.")
-    c1, c2 = channels
-    self.start_shape = (height // 4, width // 4, c2)
-    self.mlp = MLP(
-      in_features,
-      hidden,
-      math.prod(self.start_shape),
-      activation=activation,
-      dtype=dtype,
-      float32_first_layer=True,  # it takes latent samples
-      rngs=rngs,
-    )
-    deconv = dict(strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)  # no f32-out option
-    self.deconv1 = nnx.ConvTranspose(c2, c1, (3, 3), **deconv)
-    self.deconv2 = nnx.ConvTranspose(c1, out_channels, (3, 3), **deconv)
-    self.activation = _activation(activation)
-
-  def __call__(self, z_BxF: jax.Array) -> jax.Array:
-    h = self.activation(self.mlp(z_BxF)).reshape(z_BxF.shape[0], *self.start_shape)
-    h = self.activation(self.deconv1(h))
-    return self.deconv2(h)
-
-
-# --- The VAEs ---------------------------------------------------------------------------
+from vae_jax import distributions, likelihoods, networks, objectives, priors
 
 
 def _check_image_shape(x: jax.Array, image_shape: tuple[int, ...]) -> None:
@@ -320,7 +114,7 @@ class _ImageModel(nnx.Module):
 
   def _set_likelihood(self, image_shape, likelihood, *, gaussian_logvar, num_components):
     self.image_shape = tuple(image_shape)
-    self.likelihood = make_likelihood(
+    self.likelihood = likelihoods.make_likelihood(
       likelihood,
       math.prod(self.image_shape),
       gaussian_logvar=gaussian_logvar,
@@ -391,7 +185,7 @@ class VAE(_ImageModel):
     self.has_analytic_kl = isinstance(prior, priors.StandardNormal)
     outputs = self.likelihood.outputs_per_pixel
     if architecture == "mlp":
-      self.encoder = MLP(
+      self.encoder = networks.MLP(
         num_pixels + num_classes,
         hidden,
         2 * latent_dim,
@@ -399,7 +193,7 @@ class VAE(_ImageModel):
         dtype=dtype,
         rngs=rngs,
       )
-      self.decoder = MLP(
+      self.decoder = networks.MLP(
         latent_dim + num_classes,
         hidden[::-1],
         num_pixels * outputs,
@@ -410,7 +204,7 @@ class VAE(_ImageModel):
       )
     elif architecture == "conv":
       height, width, channels = self.image_shape
-      self.encoder = ConvEncoder(
+      self.encoder = networks.ConvEncoder(
         (height, width, channels + num_classes),
         conv_channels,
         hidden,
@@ -419,7 +213,7 @@ class VAE(_ImageModel):
         dtype=dtype,
         rngs=rngs,
       )
-      self.decoder = ConvDecoder(
+      self.decoder = networks.ConvDecoder(
         latent_dim + num_classes,
         self.image_shape,
         conv_channels,
@@ -590,10 +384,10 @@ class TwoStochasticLayerVAE(_ImageModel):
     top_hidden = tuple(top_hidden)
     mlp = dict(activation=activation, dtype=dtype, rngs=rngs)
     latent_mlp = dict(mlp, float32_first_layer=True)  # networks that take latent samples
-    self.q_h1 = MLP(num_pixels, hidden, 2 * latent_dim, **mlp)
-    self.q_h2 = MLP(latent_dim, top_hidden, 2 * top_latent_dim, **latent_mlp)
-    self.p_h1 = MLP(top_latent_dim, top_hidden[::-1], 2 * latent_dim, **latent_mlp)
-    self.p_x = MLP(latent_dim, tuple(hidden)[::-1], num_pixels * outputs, **latent_mlp)
+    self.q_h1 = networks.MLP(num_pixels, hidden, 2 * latent_dim, **mlp)
+    self.q_h2 = networks.MLP(latent_dim, top_hidden, 2 * top_latent_dim, **latent_mlp)
+    self.p_h1 = networks.MLP(top_latent_dim, top_hidden[::-1], 2 * latent_dim, **latent_mlp)
+    self.p_x = networks.MLP(latent_dim, tuple(hidden)[::-1], num_pixels * outputs, **latent_mlp)
 
   def _check_labels(self, labels):
     if labels is not None:

@@ -4,15 +4,24 @@ In a log file a bar's carriage returns are noise, so there the same progress
 arrives as absl log lines, about every tenth of the way, with counts and an ETA.
 """
 
+import importlib.util
 import sys
 import time
 
-import tqdm.auto
+import tqdm
 from absl import logging
 
 
 def _interactive() -> bool:
   return sys.stderr.isatty() or "ipykernel" in sys.modules  # a terminal, Jupyter or Colab
+
+
+def _bar_class():
+  """tqdm.auto (a widget in Jupyter and Colab) where ipywidgets is installed; else a text
+  bar, since tqdm.auto would warn that ipywidgets is missing and fall back to one."""
+  if importlib.util.find_spec("ipywidgets") is None:
+    return tqdm.tqdm
+  return importlib.import_module("tqdm.auto").tqdm  # in a notebook, its import is what warns
 
 
 def format_duration(seconds: float) -> str:
@@ -34,7 +43,7 @@ class Progress:
     self.start, self.initial = time.perf_counter(), initial
     self.bar = None
     if _interactive():
-      self.bar = tqdm.auto.tqdm(
+      self.bar = _bar_class()(
         total=total, initial=initial, desc=description, unit=f" {unit}", dynamic_ncols=True
       )
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, evaluation, parallel, plots
+from vae_jax import data, evaluation, metrics, parallel, plots
 from vae_jax.experiment import Experiment
 from vae_jax.progress import Progress, format_duration
 
@@ -220,12 +220,9 @@ def save_pictures(
       f"Decoder means over the 2-D latent space at Gaussian quantiles"
       f"{' (class 0)' if conditional else ''}\n{about}",
     )
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      records = [json.loads(line) for line in f]
-    if records:
-      pictures["training_curves"] = plots.training_curves(records, title=about)
+  records = metrics.read_records(workdir)
+  if records:
+    pictures["training_curves"] = plots.training_curves(records, title=about)
   for name, picture in pictures.items():
     plots.save_png(os.path.join(workdir, f"{name}.png"), picture)
   return [f"{name}.png" for name in pictures]

@@ -129,6 +129,7 @@ def train_and_evaluate(
           record = report.mean_over_seeds({**train, **evaluations})
           record["epoch"] = epoch
           record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
+          record["train_seconds"] = epoch_seconds
           checkpoint_now = (
             epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps
           )
@@ -159,6 +160,8 @@ def train_and_evaluate(
       writer.close()
     checkpointer.close()
 
+  if main_process:  # over every call of the run, resumed ones included
+    training_seconds = sum(r.get("train_seconds", 0.0) for r in metrics.read_records(workdir))
   summary = report.final_evaluation(
     experiment, state, step, test_x, test_labels, workdir, command, training_seconds
   )
