@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+from flax import nnx
 
 import vae_jax
 from vae_jax import data, evaluation
@@ -86,7 +87,9 @@ _EVAL_PRECISIONS = flags.DEFINE_list(
   "eval_precisions", ["float32"], "Matmul precisions of --mode=eval (default, tensorfloat32, ...)."
 )
 _EVAL_SIZES = flags.DEFINE_list(
-  "eval_sizes", ["100x100"], "--mode=eval: images per batch x samples per chunk, each timed."
+  "eval_sizes",
+  ["100x100"],
+  "--mode=eval and kernels: images per batch x samples per chunk, each timed or counted.",
 )
 _EVAL_SAMPLES, _EVAL_CHUNK = 5000, 500
 _DATA_DIR = flags.DEFINE_string(
@@ -211,8 +214,9 @@ def _kernels(computations, name: str) -> int:
   return count
 
 
-def scan_body_kernels(compiled) -> int:
-  """Kernels per training step: those of the largest while-loop body in a compiled program."""
+def scan_body_kernels(compiled, *, innermost: bool = False) -> int:
+  """Kernels per training step: those of the largest while-loop body in a compiled program
+  (innermost=True: of the largest body with no loop inside it)."""
   computations = _computations(compiled.as_text())
   bodies = [
     re.search(r"body=%?([\w.\-]+)", line).group(1)
@@ -220,6 +224,8 @@ def scan_body_kernels(compiled) -> int:
     for op, line in instructions
     if op == "while"
   ]
+  if innermost:
+    bodies = [b for b in bodies if all(op != "while" for op, _ in computations[b])]
   return max(_kernels(computations, body) for body in bodies)
 
 
@@ -264,6 +270,47 @@ def gpu_target_device(name: str):
   return topology.devices[0]
 
 
+def is_log_likelihood(model, x, labels, batch_size, chunk_size, devices=None) -> jax.Array:
+  """IS-5000 log p(x) of each image, computed as vae_jax.evaluation does (no IWAE bounds)."""
+  return evaluation.evaluate_examples_on_devices(
+    model,
+    x,
+    labels,
+    jax.random.key(0),
+    batch_size=batch_size,
+    num_samples=_EVAL_SAMPLES,
+    chunk_size=chunk_size,
+    iwae_samples=(),
+    devices=devices,
+  )["log_likelihood"]
+
+
+def evaluation_chunk_kernels(batch_size: int, chunk_size: int, device=None) -> int:
+  """Kernels per step of the importance-sampling loop (chunk_size samples for each of
+  batch_size images) in the compiled IS-5000 evaluation of 10,000 test images, Burda
+  1-layer, at the default matmul precision; compiled from shapes alone."""
+  device = device or jax.devices()[0]
+  config = build_config()
+  model = nnx.eval_shape(lambda: state_lib.make_model(config, (28, 28, 1), 10, nnx.Rngs(0)))
+  graphdef, params = nnx.split(model)
+  on_device = jax.sharding.SingleDeviceSharding(device)
+
+  def log_likelihood(params, x, labels):
+    model = nnx.merge(graphdef, params)
+    return is_log_likelihood(model, x, labels, batch_size, chunk_size, devices=[device])
+
+  compiled = (
+    jax.jit(log_likelihood)
+    .lower(
+      jax.tree.map(lambda a: _abstract(a, on_device), params),
+      jax.ShapeDtypeStruct((10_000, 28, 28, 1), jnp.float32, sharding=on_device),
+      jax.ShapeDtypeStruct((10_000,), jnp.int32, sharding=on_device),
+    )
+    .compile()
+  )
+  return scan_body_kernels(compiled, innermost=True)
+
+
 def bench_kernels(dataset) -> None:
   device = gpu_target_device(_COMPILE_FOR.value) if _COMPILE_FOR.value else None
   if device:
@@ -275,6 +322,12 @@ def bench_kernels(dataset) -> None:
         f"batch {batch_size:<4d} K={k:<3d} kernels per step:"
         f" library {library}, minimal loop {baseline}"
       )
+  for size in _EVAL_SIZES.value:
+    batch_size, chunk_size = map(int, size.split("x"))
+    print(
+      f"IS-{_EVAL_SAMPLES} evaluation, batch {batch_size} x chunk {chunk_size}: kernels per"
+      f" chunk step {evaluation_chunk_kernels(batch_size, chunk_size, device)}"
+    )
 
 
 def eval_flops_per_sample() -> float:
@@ -295,16 +348,7 @@ def bench_evaluation(dataset) -> None:
   evaluations = len(images) * _EVAL_SAMPLES
 
   def log_likelihood(x, labels, batch_size, chunk_size):
-    return evaluation.evaluate_examples_on_devices(
-      model,
-      x,
-      labels,
-      jax.random.key(0),
-      batch_size=batch_size,
-      num_samples=_EVAL_SAMPLES,
-      chunk_size=chunk_size,
-      iwae_samples=(),
-    )["log_likelihood"]
+    return is_log_likelihood(model, x, labels, batch_size, chunk_size)
 
   sizes = [tuple(map(int, pair.split("x"))) for pair in _EVAL_SIZES.value]
   for precision in _EVAL_PRECISIONS.value:
