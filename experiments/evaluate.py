@@ -9,12 +9,10 @@ per latent dimension, the binarization and the command; and the pictures
 training curves) as PNGs in DIR.
 """
 
-import json
 import os
 import shlex
 import sys
 
-import jax
 from absl import app, flags, logging
 
 from experiments import cli
@@ -67,18 +65,11 @@ def main(argv):
   results = report.evaluation_report(
     experiment, state["params"], x, labels, split=_SPLIT.value, step=step, command=command
   )
-  first_seed = experiment.seed_params(state["params"], 0)  # every process takes part
+  report.publish(experiment, state["params"], x, labels, workdir, results, "eval.json")
   if not parallel.is_main_process():
     return
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(results, f, indent=2)
   with open(os.path.join(workdir, "eval.md"), "w") as f:
     f.write(report.markdown(results, _SPLIT.value))
-  first_seed, x, labels = jax.device_get((first_seed, x, labels))
-  pictures = report.save_pictures(
-    experiment, experiment.model(first_seed), x, labels, workdir, report=results
-  )
-  report.write_index(workdir, results, pictures)
   print(report.human_summary(results, workdir))
 
 

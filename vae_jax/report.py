@@ -113,17 +113,24 @@ def final_evaluation(
   )
   summary["training_seconds"] = training_seconds
   summary["config"] = json.loads(experiment.config.to_json_best_effort())
-  first_seed = experiment.seed_params(state["params"], 0)  # every process takes part
-  if parallel.is_main_process():
-    # Host copies: the pictures are drawn by this process alone, on its own device.
-    first_seed, test_x, test_labels = jax.device_get((first_seed, test_x, test_labels))
-    pictures = save_pictures(
-      experiment, experiment.model(first_seed), test_x, test_labels, workdir, report=summary
-    )
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    write_index(workdir, summary, pictures)
+  publish(experiment, state["params"], test_x, test_labels, workdir, summary, "summary.json")
   return summary
+
+
+def publish(experiment: Experiment, params, x, labels, workdir, report, json_name) -> None:
+  """Writes report to WORKDIR/json_name, the first seed's pictures and index.html.
+
+  Every process calls it; process 0 writes."""
+  first_seed = experiment.seed_params(params, 0)  # every process takes part
+  if not parallel.is_main_process():
+    return
+  with open(os.path.join(workdir, json_name), "w") as f:
+    json.dump(report, f, indent=2)
+  # Host copies: the pictures are drawn by this process alone, on its own device.
+  first_seed, x, labels = jax.device_get((first_seed, x, labels))
+  model = experiment.model(first_seed)
+  pictures = save_pictures(experiment, model, x, labels, workdir, report=report)
+  write_index(workdir, report, pictures)
 
 
 def caption(report: dict[str, Any]) -> str:
@@ -270,8 +277,9 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
     f"Evaluated on {int(report[f'{split}_num_examples']):,} {split} images, nats per image "
     "± standard error over images:",
   ]
-  width = max(len(what) for what, _ in _headline_rows(report))
-  lines += [f"  {what:<{width}}  {value}" for what, value in _headline_rows(report)]
+  rows = _headline_rows(report)
+  width = max(len(what) for what, _ in rows)
+  lines += [f"  {what:<{width}}  {value}" for what, value in rows]
   seconds = report.get("training_seconds")
   lines.append(
     (f"Training {format_duration(seconds)}, " if seconds is not None else "")

@@ -160,7 +160,9 @@ def train_and_evaluate(
       writer.close()
     checkpointer.close()
 
-  if main_process:  # over every call of the run, resumed ones included
+  # Over every call of the run, resumed ones included, from metrics.jsonl (which only
+  # process 0 writes; the others report this call's training time).
+  if main_process:
     training_seconds = sum(r.get("train_seconds", 0.0) for r in metrics.read_records(workdir))
   summary = report.final_evaluation(
     experiment, state, step, test_x, test_labels, workdir, command, training_seconds
