@@ -13,8 +13,8 @@
 Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
 Bernoulli), batch 100 (or each of --batch_sizes), Adam, dynamic binarization,
 on the embedded 4,000 training digits; the ELBO at K=1 and IWAE at K>1, the KL
-sampled in both, as in the minimal loop. In the same run, interleaved round by round so that a noisy
-machine affects both alike, it times:
+sampled in both (--analytic_kl: the closed-form KL at K=1, in both). In the same
+run, interleaved round by round so that a noisy machine affects both alike, it times:
   - the library: vae_jax.experiment.Experiment.train_chunk, one epoch per call, with
     train_and_evaluate's copy of the state before each call;
   - a baseline: the same model, optimizer, shuffling and binarization written
@@ -97,6 +97,9 @@ _DATA_DIR = flags.DEFINE_string(
 )
 _TARGET = flags.DEFINE_float("target", -100.0, "Test ELBO to reach (--mode=quality).")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 300, "Give up after this many epochs.")
+_ANALYTIC_KL = flags.DEFINE_bool(
+  "analytic_kl", False, "K=1 (train, kernels): the analytic KL in the library and the minimal loop."
+)
 _COMPILE_FOR = flags.DEFINE_enum(
   "compile_for",
   None,
@@ -125,8 +128,9 @@ def train_flops_per_image(k: int) -> float:
   return 2 * 3 * (encoder + k * decoder)
 
 
-def baseline_epoch_fn(k: int, batch_size: int, num_train: int):
-  """A minimal hand-written VAE/IWAE training epoch: what one would write in an afternoon."""
+def baseline_epoch_fn(k: int, batch_size: int, num_train: int, *, analytic_kl: bool = False):
+  """A minimal hand-written VAE/IWAE training epoch: what one would write in an afternoon.
+  analytic_kl: at K=1, the closed-form KL instead of log q - log p at the sample."""
   sizes_enc = [PIXELS, *HIDDEN, 2 * LATENT]
   sizes_dec = [LATENT, *HIDDEN[::-1], PIXELS]
 
@@ -156,6 +160,8 @@ def baseline_epoch_fn(k: int, batch_size: int, num_train: int):
     log_pz = -0.5 * jnp.sum(z**2 + np.log(2 * np.pi), -1)
     log_qz = -0.5 * jnp.sum(eps**2 + logvar + np.log(2 * np.pi), -1)
     log_w = log_px + log_pz - log_qz
+    if analytic_kl and k == 1:
+      log_w = log_px - 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1 - logvar, -1)
     return -jnp.mean(jax.nn.logsumexp(log_w, 0) - np.log(k))
 
   tx = optax.adam(1e-3)
@@ -229,12 +235,15 @@ def scan_body_kernels(compiled, *, innermost: bool = False) -> int:
   return max(_kernels(computations, body) for body in bodies)
 
 
-def step_kernels(dataset, k: int, batch_size: int, device=None) -> tuple[int, int]:
+def step_kernels(
+  dataset, k: int, batch_size: int, device=None, *, analytic_kl: bool = False
+) -> tuple[int, int]:
   """Kernels per step of the library's compiled training call and of the minimal loop's,
   on one device (the first when None). Compiled from shapes alone, so the device may be
   one of a topology with no hardware behind it (--compile_for)."""
   device = device or jax.devices()[0]
-  experiment = Experiment(iwae_or_elbo_config(k, batch_size=batch_size), dataset, devices=[device])
+  config = iwae_or_elbo_config(k, batch_size=batch_size, analytic_kl=analytic_kl)
+  experiment = Experiment(config, dataset, devices=[device])
   keys = jax.eval_shape(lambda: state_lib.seed_keys(experiment.config))
   library = experiment.train_chunk.lower(
     experiment.abstract_state(),
@@ -242,7 +251,8 @@ def step_kernels(dataset, k: int, batch_size: int, device=None) -> tuple[int, in
     _abstract(dataset.train_images, experiment.batch_sharding),
     _abstract(dataset.train_labels, experiment.batch_sharding),
   ).compile()
-  base_epoch, base_state = baseline_epoch_fn(k, batch_size, dataset.train_images.shape[0])
+  num_train = dataset.train_images.shape[0]
+  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train, analytic_kl=analytic_kl)
   on_device = jax.sharding.SingleDeviceSharding(device)
   baseline = base_epoch.lower(
     jax.tree.map(lambda a: _abstract(a, on_device), base_state),
@@ -317,7 +327,9 @@ def bench_kernels(dataset) -> None:
     print(f"compiled for {device.device_kind}, without one (jax {jax.__version__})")
   for batch_size in map(int, _BATCH_SIZES.value):
     for k in map(int, _KS.value):
-      library, baseline = step_kernels(dataset, k, batch_size, device)
+      library, baseline = step_kernels(
+        dataset, k, batch_size, device, analytic_kl=_ANALYTIC_KL.value
+      )
       print(
         f"batch {batch_size:<4d} K={k:<3d} kernels per step:"
         f" library {library}, minimal loop {baseline}"
@@ -487,23 +499,31 @@ def main(argv):
       bench_training(dataset, k, batch_size)
 
 
-def iwae_or_elbo_config(k: int, **overrides):
-  """The default config with K samples: the ELBO at K=1, IWAE beyond, each with the KL
-  sampled as in the minimal loop (and Burda et al.'s VAE), so both compute the same
-  estimator. (The default config's analytic KL is a different one: see the README.)"""
+def iwae_or_elbo_config(k: int, *, analytic_kl: bool = False, **overrides):
+  """The default config with K samples: the ELBO at K=1, IWAE beyond. The KL is sampled
+  (as in Burda et al.'s VAE) unless analytic_kl: the minimal loop is given the same."""
   return build_config(
-    dict(objective="elbo" if k == 1 else "iwae", num_samples=k, analytic_kl=False, **overrides)
+    dict(
+      objective="elbo" if k == 1 else "iwae",
+      num_samples=k,
+      analytic_kl=analytic_kl and k == 1,
+      **overrides,
+    )
   )
 
 
 def bench_training(dataset, k: int, batch_size: int) -> None:
   """The library's training epochs against the minimal loop's, interleaved round by round."""
   num_train = dataset.train_images.shape[0]
-  config = iwae_or_elbo_config(k, batch_size=batch_size, dtype=_DTYPE.value)
+  config = iwae_or_elbo_config(
+    k, batch_size=batch_size, dtype=_DTYPE.value, analytic_kl=_ANALYTIC_KL.value
+  )
   experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
-  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train)
+  base_epoch, base_state = baseline_epoch_fn(
+    k, batch_size, num_train, analytic_kl=_ANALYTIC_KL.value
+  )
   base_images = jax.device_put(dataset.train_images)
   epochs = max(1, _EPOCHS_PER_ROUND.value if k == 1 else _EPOCHS_PER_ROUND.value // 3)
   # Compile both, then time interleaved rounds.
