@@ -3,6 +3,7 @@ recognized and skipped, nothing is logged twice, an unwritable workdir fails at 
 
 import json
 import os
+import shutil
 
 import helpers
 import jax
@@ -119,6 +120,67 @@ def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(small_datas
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert summary["training_seconds"] == pytest.approx(sum(r["train_seconds"] for r in records))
   assert summary["training_seconds"] > records[-1]["train_seconds"] > 0
+
+
+def test_a_full_disk_stops_the_run_with_what_to_do_and_loses_nothing(
+  small_dataset, tmp_path, monkeypatch
+):
+  """Space is checked before a checkpoint is written: the run stops with one clear error,
+  the last checkpoint stays, and once there is room the run ends as one never stopped."""
+  config = tiny_config(num_epochs=4, checkpoint_every_epochs=2)
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight, dataset=small_dataset)
+  workdir = str(tmp_path / "full")
+  train.train_and_evaluate(tiny_config(num_epochs=2), workdir, dataset=small_dataset)
+  real_disk_usage = shutil.disk_usage
+  monkeypatch.setattr(
+    checkpoints.shutil, "disk_usage", lambda path: real_disk_usage(path)._replace(free=100_000)
+  )
+  with pytest.raises(
+    OSError,
+    match=r"checkpoint of step 32 in .*\(0\.1 MiB free on its disk, about 0\.\d MiB needed\)\. "
+    r".*resumes from the checkpoint at step 16",
+  ):
+    train.train_and_evaluate(config, workdir, dataset=small_dataset)
+  monkeypatch.undo()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "8"]
+  train.train_and_evaluate(config, workdir, dataset=small_dataset)
+  (step_a, params_a), (step_b, params_b) = _params(straight), _params(workdir)
+  assert step_a == step_b == 32
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  assert [r["epoch"] for r in metrics.read_records(workdir)] == [1, 2, 3, 4]
+
+
+FILE_SIZE_LIMIT = """
+import os, resource, runpy, signal, sys
+os.environ["JAX_PLATFORMS"] = "cpu"  # the limit would also bind a GPU compiler's files
+limit = int(sys.argv[1])
+if limit:
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv = ["experiments.train", *sys.argv[2:]]
+runpy.run_module("experiments.train", run_name="__main__")
+"""
+
+
+def test_a_checkpoint_write_that_fails_midway_is_one_clear_line_and_removed(tmp_path):
+  """A quota or a file size limit is not seen before writing: the write fails in orbax's
+  threads. The command still ends in one line that names the cause, the half-written
+  checkpoint is removed, and the previous one stays."""
+  workdir = str(tmp_path / "run")
+  flags = ["--config=experiments/configs/smoke.py", f"--workdir={workdir}"]
+  first = helpers.run_python("-c", FILE_SIZE_LIMIT, "0", *flags)
+  assert first.returncode == 0, first.stderr[-3000:]
+  # 64 KiB: room for the logs, not for a checkpoint's data (the smoke model's is ~0.6 MB).
+  result = helpers.run_python("-c", FILE_SIZE_LIMIT, "65536", *flags, "--config.num_epochs=3")
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr and "Event loop" not in result.stderr, result.stderr
+  assert (
+    f"Error: Could not save the checkpoint of step 120 in {workdir}/checkpoints (File too "
+    "large)." in result.stderr
+  ), result.stderr[-2000:]
+  assert "it resumes from the checkpoint at step 80, the last one saved." in result.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["40", "80"]
 
 
 def test_an_unwritable_workdir_fails_at_once(small_dataset, tmp_path):

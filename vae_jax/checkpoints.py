@@ -6,13 +6,22 @@ recognized before it is trained on; resuming then falls back to the newest
 checkpoint that is intact, and the damaged step is replaced when it is saved again.
 """
 
+import contextlib
 import hashlib
 import json
+import logging as std_logging
 import os
+import re
+import shutil
+import sys
+import warnings
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from vae_jax import parallel
 
 
 def _digests(directory: str) -> dict[str, str]:
@@ -27,6 +36,63 @@ def _digests(directory: str) -> dict[str, str]:
           digest.update(block)
       out[os.path.relpath(path, directory)] = digest.hexdigest()
   return out
+
+
+def _cause(error: Exception) -> str:
+  """The reason of a failed save in a few words: the OS's, where there is one."""
+  text = str(error).strip()
+  os_error = re.search(r"os_error_code='?(\d+)", text)  # how tensorstore reports errno
+  if os_error:
+    return os.strerror(int(os_error.group(1)))
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  return text.splitlines()[0][:300] if text else repr(error)
+
+
+class _FailedWriteReports(std_logging.Filter):
+  """Drops the error reports of a checkpoint write that failed: orbax's writer threads
+  log each failed array with its traceback, and asyncio logs each abandoned write when it
+  is garbage-collected (at exit, say). The failure itself is raised once, with what to do."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno < std_logging.ERROR:
+      return True
+    if "orbax" in record.pathname:
+      return False
+    message = record.getMessage()
+    return not ("never retrieved" in message and "orbax" in message)
+
+
+_FAILED_WRITE_REPORTS = _FailedWriteReports()
+
+
+@contextlib.contextmanager
+def _quiet_failed_writes():
+  """A save that fails midway (a quota, a file size limit) fails in orbax's threads, and
+  the writes still in flight then report through sys.unraisablehook that their event loop
+  is closed. Those reports, and only those, are dropped: during the save, and after a
+  failed one for the writes it abandoned."""
+  absl_logger = logging.get_absl_logger()
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"
+    ):
+      previous_hook(unraisable)
+
+  absl_logger.addFilter(_FAILED_WRITE_REPORTS)
+  sys.unraisablehook = hook
+  try:
+    yield
+  except Exception:
+    std_logging.getLogger("asyncio").addFilter(_FAILED_WRITE_REPORTS)
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    raise
+  finally:
+    absl_logger.removeFilter(_FAILED_WRITE_REPORTS)
+    sys.unraisablehook = previous_hook
 
 
 class Checkpointer:
@@ -65,8 +131,26 @@ class Checkpointer:
       self.damaged.discard(step)
     elif step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    self.manager.wait_until_finished()
+    # Checked first, so that a full disk stops the run before anything is half-written.
+    needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    if parallel.max_over_processes(int(free < needed)):  # all processes stop, or none
+      cause = (
+        f"{free / 2**20:.1f} MiB free on its disk, about {needed / 2**20:.1f} MiB needed"
+        if free < needed
+        else "another process's disk has no room for it"
+      )
+      raise OSError(self._save_failure(step, cause))
+    try:
+      with _quiet_failed_writes():
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+    except Exception as error:  # noqa: BLE001 (a quota, a lost mount, a full disk: all alike)
+      # Orbax writes into STEP.orbax-checkpoint-tmp and renames it only when done.
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.") and name.endswith("-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      raise OSError(self._save_failure(step, _cause(error))) from error
     if self.primary:
       steps = {str(s) for s in self.manager.all_steps()}
       digests = {s: d for s, d in self._read_digests().items() if s in steps}
@@ -75,6 +159,21 @@ class Checkpointer:
       with open(temporary, "w") as f:
         json.dump(digests, f)
       os.replace(temporary, self.digests_path)  # never half-written
+
+  def _save_failure(self, step: int, cause: str) -> str:
+    """The error message of a save that failed: its cause, and what to do."""
+    kept = [s for s in self.manager.all_steps() if s != step]
+    resume = (
+      f"it resumes from the checkpoint at step {max(kept)}, the last one saved"
+      if kept
+      else "no earlier checkpoint exists, so the run starts over"
+    )
+    return (
+      f"Could not save the checkpoint of step {step} in {self.directory} ({cause}). Once it "
+      "can be written (a full disk needs room: each checkpoint holds the whole train state, "
+      "and --config.max_checkpoints sets how many are kept), run the same command, or "
+      f"train_and_evaluate, in this workdir again: {resume}."
+    )
 
   def _check_digests(self, step: int) -> None:
     expected = self._read_digests().get(str(step))
