@@ -4,12 +4,12 @@
 #   scripts/reproduce_burda2015.sh DATA_DIR ROOT [SECONDS]
 #
 # trains the three runs (1-layer VAE k=1, 1-layer IWAE k=50, 2-layer IWAE k=50) side by
-# side, each in ROOT/CONFIG (a small step is launch-bound, so three share one GPU at
-# close to their separate speeds), and stops them with SIGTERM after SECONDS: each saves
-# a checkpoint at the end of its current epoch. Run the same command again to go on;
-# a run that has finished all 3,280 epochs evaluates IS-5000 on the 10,000 test images
-# and writes ROOT/CONFIG/summary.json and its pictures. DATA_DIR is a TFDS data_dir
-# with mnist prepared (scripts/prepare_data.py).
+# side, each in ROOT/CONFIG, and stops them with SIGTERM after SECONDS: each saves a
+# checkpoint at the end of its current epoch. (Each gets about a third of the GPU: no
+# faster than one after another, but all three advance in every piece.) Run the same
+# command again to go on; a run that has finished all 3,280 epochs evaluates IS-5000 on
+# the 10,000 test images and writes ROOT/CONFIG/summary.json and its pictures. DATA_DIR
+# is a TFDS data_dir with mnist prepared (scripts/prepare_data.py).
 set -u
 data_dir=${1:?usage: $0 DATA_DIR ROOT [SECONDS]}
 root=${2:?usage: $0 DATA_DIR ROOT [SECONDS]}
