@@ -9,10 +9,13 @@
   python scripts/bench.py --mode=quality --data_dir=DIR   # time to test ELBO > -100, MNIST
   python scripts/bench.py --mode=kernels --batch_sizes=20,100   # kernels per training step
   python scripts/bench.py --mode=kernels --compile_for=h100      # the same for an H100, without one
+  python scripts/bench.py --stochastic_layers=2 --batch_sizes=20 --ks=50   # Table 1's 2-layer IWAE
 
 Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
-Bernoulli), batch 100 (or each of --batch_sizes), Adam, dynamic binarization,
-on the embedded 4,000 training digits; the ELBO at K=1 and IWAE at K>1, the KL
+Bernoulli; --stochastic_layers=2: their 784-100-100-[100]-50-50-[50] model, in the
+library and in the minimal loop), batch 100 (or each of --batch_sizes), Adam,
+dynamic binarization, on the embedded 4,000 training digits (--data_dir: full
+MNIST); the ELBO at K=1 and IWAE at K>1, the KL
 sampled in both (--analytic_kl: the closed-form KL at K=1, in both). In the same
 run, interleaved round by round so that a noisy machine affects both alike, it times:
   - the library: vae_jax.experiment.Experiment.train_chunk, one epoch per call, with
@@ -97,6 +100,13 @@ _DATA_DIR = flags.DEFINE_string(
 )
 _TARGET = flags.DEFINE_float("target", -100.0, "Test ELBO to reach (--mode=quality).")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 300, "Give up after this many epochs.")
+_LAYERS = flags.DEFINE_enum(
+  "stochastic_layers",
+  "1",
+  ["1", "2"],
+  "--mode=train and kernels: 1, the default model; 2, Burda et al.'s 2-layer IWAE model "
+  "(784-100-100-[100]-50-50-[50]), in the library and the minimal loop.",
+)
 _ANALYTIC_KL = flags.DEFINE_bool(
   "analytic_kl", False, "K=1 (train, kernels): the analytic KL in the library and the minimal loop."
 )
@@ -109,6 +119,24 @@ _COMPILE_FOR = flags.DEFINE_enum(
 )
 
 HIDDEN, LATENT, PIXELS = (200, 200), 50, 784
+# Burda et al.'s 2-layer model, 784-100-100-[100]-50-50-[50] (--stochastic_layers=2).
+TWO_LAYERS = dict(
+  stochastic_layers=2, hidden=(100, 100), latent_dim=100, top_hidden=(50, 50), top_latent_dim=50
+)
+
+
+def mlp_sizes(stochastic_layers: int) -> dict[str, list[int]]:
+  """Each network's layer widths; the first network reads x, the others latent samples."""
+  if stochastic_layers == 1:
+    return {"enc": [PIXELS, *HIDDEN, 2 * LATENT], "dec": [LATENT, *HIDDEN[::-1], PIXELS]}
+  hidden, latent = TWO_LAYERS["hidden"], TWO_LAYERS["latent_dim"]
+  top_hidden, top_latent = TWO_LAYERS["top_hidden"], TWO_LAYERS["top_latent_dim"]
+  return {
+    "q_h1": [PIXELS, *hidden, 2 * latent],
+    "q_h2": [latent, *top_hidden, 2 * top_latent],
+    "p_h1": [top_latent, *top_hidden[::-1], 2 * latent],
+    "p_x": [latent, *hidden[::-1], PIXELS],
+  }
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -122,17 +150,26 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def train_flops_per_image(k: int) -> float:
-  encoder = PIXELS * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * 2 * LATENT
-  decoder = LATENT * HIDDEN[1] + HIDDEN[1] * HIDDEN[0] + HIDDEN[0] * PIXELS
-  return 2 * 3 * (encoder + k * decoder)
+def train_flops_per_image(k: int, stochastic_layers: int = 1) -> float:
+  """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward and backward): the network
+  that reads x runs once per image, the others once per sample."""
+  first, *rest = (
+    sum(a * b for a, b in zip(s[:-1], s[1:])) for s in mlp_sizes(stochastic_layers).values()
+  )
+  return 2 * 3 * (first + k * sum(rest))
 
 
-def baseline_epoch_fn(k: int, batch_size: int, num_train: int, *, analytic_kl: bool = False):
+def baseline_epoch_fn(
+  k: int,
+  batch_size: int,
+  num_train: int,
+  *,
+  analytic_kl: bool = False,
+  stochastic_layers: int = 1,
+):
   """A minimal hand-written VAE/IWAE training epoch: what one would write in an afternoon.
-  analytic_kl: at K=1, the closed-form KL instead of log q - log p at the sample."""
-  sizes_enc = [PIXELS, *HIDDEN, 2 * LATENT]
-  sizes_dec = [LATENT, *HIDDEN[::-1], PIXELS]
+  analytic_kl: at K=1, the closed-form KL instead of log q - log p at the sample (one
+  stochastic layer only)."""
 
   def init(key):
     def mlp(key, sizes):
@@ -142,8 +179,10 @@ def baseline_epoch_fn(k: int, batch_size: int, num_train: int, *, analytic_kl: b
         for k_, a, b in zip(keys, sizes[:-1], sizes[1:])
       ]
 
-    key_enc, key_dec = jax.random.split(key)
-    return {"enc": mlp(key_enc, sizes_enc), "dec": mlp(key_dec, sizes_dec)}
+    sizes = mlp_sizes(stochastic_layers)
+    return {
+      name: mlp(k_, s) for k_, (name, s) in zip(jax.random.split(key, len(sizes)), sizes.items())
+    }
 
   def apply(layers, h):
     for w, b in layers[:-1]:
@@ -151,18 +190,37 @@ def baseline_epoch_fn(k: int, batch_size: int, num_train: int, *, analytic_kl: b
     w, b = layers[-1]
     return h @ w + b
 
-  def loss(params, x, key):
+  def log_normal(z, mean, logvar):
+    return -0.5 * jnp.sum((z - mean) ** 2 * jnp.exp(-logvar) + logvar + np.log(2 * np.pi), -1)
+
+  def log_bernoulli(x, logits):
+    return jnp.sum(x * logits - jax.nn.softplus(logits), -1)
+
+  def one_layer_log_weights(params, x, key):
     mean, logvar = jnp.split(apply(params["enc"], x), 2, axis=-1)
     eps = jax.random.normal(key, (k, *mean.shape))
     z = mean + jnp.exp(0.5 * logvar) * eps
-    logits = apply(params["dec"], z)
-    log_px = jnp.sum(x * logits - jax.nn.softplus(logits), -1)
+    log_px = log_bernoulli(x, apply(params["dec"], z))
+    if analytic_kl and k == 1:
+      return log_px - 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1 - logvar, -1)
     log_pz = -0.5 * jnp.sum(z**2 + np.log(2 * np.pi), -1)
     log_qz = -0.5 * jnp.sum(eps**2 + logvar + np.log(2 * np.pi), -1)
-    log_w = log_px + log_pz - log_qz
-    if analytic_kl and k == 1:
-      log_w = log_px - 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1 - logvar, -1)
-    return -jnp.mean(jax.nn.logsumexp(log_w, 0) - np.log(k))
+    return log_px + log_pz - log_qz
+
+  def two_layer_log_weights(params, x, key):
+    key_h1, key_h2 = jax.random.split(key)
+    q1_mean, q1_logvar = jnp.split(apply(params["q_h1"], x), 2, axis=-1)
+    h1 = q1_mean + jnp.exp(0.5 * q1_logvar) * jax.random.normal(key_h1, (k, *q1_mean.shape))
+    q2_mean, q2_logvar = jnp.split(apply(params["q_h2"], h1), 2, axis=-1)
+    h2 = q2_mean + jnp.exp(0.5 * q2_logvar) * jax.random.normal(key_h2, q2_mean.shape)
+    p1_mean, p1_logvar = jnp.split(apply(params["p_h1"], h2), 2, axis=-1)
+    log_p = log_bernoulli(x, apply(params["p_x"], h1)) + log_normal(h1, p1_mean, p1_logvar)
+    log_p += log_normal(h2, 0.0, 0.0)
+    return log_p - log_normal(h1, q1_mean, q1_logvar) - log_normal(h2, q2_mean, q2_logvar)
+
+  def loss(params, x, key):
+    log_weights = one_layer_log_weights if stochastic_layers == 1 else two_layer_log_weights
+    return -jnp.mean(jax.nn.logsumexp(log_weights(params, x, key), 0) - np.log(k))
 
   tx = optax.adam(1e-3)
 
@@ -236,13 +294,20 @@ def scan_body_kernels(compiled, *, innermost: bool = False) -> int:
 
 
 def step_kernels(
-  dataset, k: int, batch_size: int, device=None, *, analytic_kl: bool = False
+  dataset,
+  k: int,
+  batch_size: int,
+  device=None,
+  *,
+  analytic_kl: bool = False,
+  stochastic_layers: int = 1,
 ) -> tuple[int, int]:
   """Kernels per step of the library's compiled training call and of the minimal loop's,
   on one device (the first when None). Compiled from shapes alone, so the device may be
   one of a topology with no hardware behind it (--compile_for)."""
   device = device or jax.devices()[0]
-  config = iwae_or_elbo_config(k, batch_size=batch_size, analytic_kl=analytic_kl)
+  model = dict(analytic_kl=analytic_kl, stochastic_layers=stochastic_layers)
+  config = iwae_or_elbo_config(k, batch_size=batch_size, **model)
   experiment = Experiment(config, dataset, devices=[device])
   keys = jax.eval_shape(lambda: state_lib.seed_keys(experiment.config))
   library = experiment.train_chunk.lower(
@@ -252,7 +317,7 @@ def step_kernels(
     _abstract(dataset.train_labels, experiment.batch_sharding),
   ).compile()
   num_train = dataset.train_images.shape[0]
-  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train, analytic_kl=analytic_kl)
+  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train, **model)
   on_device = jax.sharding.SingleDeviceSharding(device)
   baseline = base_epoch.lower(
     jax.tree.map(lambda a: _abstract(a, on_device), base_state),
@@ -327,11 +392,10 @@ def bench_kernels(dataset) -> None:
     print(f"compiled for {device.device_kind}, without one (jax {jax.__version__})")
   for batch_size in map(int, _BATCH_SIZES.value):
     for k in map(int, _KS.value):
-      library, baseline = step_kernels(
-        dataset, k, batch_size, device, analytic_kl=_ANALYTIC_KL.value
-      )
+      library, baseline = step_kernels(dataset, k, batch_size, device, **_model_flags())
+      name = _model_name(iwae_or_elbo_config(k, **_model_flags()))
       print(
-        f"batch {batch_size:<4d} K={k:<3d} kernels per step:"
+        f"batch {batch_size:<4d} K={k:<3d} {name:13s} kernels per step:"
         f" library {library}, minimal loop {baseline}"
       )
   for size in _EVAL_SIZES.value:
@@ -499,14 +563,28 @@ def main(argv):
       bench_training(dataset, k, batch_size)
 
 
-def iwae_or_elbo_config(k: int, *, analytic_kl: bool = False, **overrides):
+def _model_name(config) -> str:
+  return f"{config.objective}{', 2 layers' if config.stochastic_layers == 2 else ''}"
+
+
+def _model_flags() -> dict:
+  """--analytic_kl and --stochastic_layers, as iwae_or_elbo_config and the minimal loop
+  take them."""
+  return dict(analytic_kl=_ANALYTIC_KL.value, stochastic_layers=int(_LAYERS.value))
+
+
+def iwae_or_elbo_config(
+  k: int, *, analytic_kl: bool = False, stochastic_layers: int = 1, **overrides
+):
   """The default config with K samples: the ELBO at K=1, IWAE beyond. The KL is sampled
-  (as in Burda et al.'s VAE) unless analytic_kl: the minimal loop is given the same."""
+  (as in Burda et al.'s VAE) unless analytic_kl: the minimal loop is given the same.
+  stochastic_layers=2: Burda et al.'s 2-layer model instead."""
   return build_config(
     dict(
       objective="elbo" if k == 1 else "iwae",
       num_samples=k,
       analytic_kl=analytic_kl and k == 1,
+      **(TWO_LAYERS if stochastic_layers == 2 else {}),
       **overrides,
     )
   )
@@ -515,15 +593,11 @@ def iwae_or_elbo_config(k: int, *, analytic_kl: bool = False, **overrides):
 def bench_training(dataset, k: int, batch_size: int) -> None:
   """The library's training epochs against the minimal loop's, interleaved round by round."""
   num_train = dataset.train_images.shape[0]
-  config = iwae_or_elbo_config(
-    k, batch_size=batch_size, dtype=_DTYPE.value, analytic_kl=_ANALYTIC_KL.value
-  )
+  config = iwae_or_elbo_config(k, batch_size=batch_size, dtype=_DTYPE.value, **_model_flags())
   experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
-  base_epoch, base_state = baseline_epoch_fn(
-    k, batch_size, num_train, analytic_kl=_ANALYTIC_KL.value
-  )
+  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train, **_model_flags())
   base_images = jax.device_put(dataset.train_images)
   epochs = max(1, _EPOCHS_PER_ROUND.value if k == 1 else _EPOCHS_PER_ROUND.value // 3)
   # Compile both, then time interleaved rounds.
@@ -547,9 +621,9 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   images_per_round = epochs * experiment.steps_per_epoch * batch_size
   lib = images_per_round / np.median(lib_times)
   base = images_per_round / np.median(base_times)
-  gflops = lib * train_flops_per_image(k) / 1e9
+  gflops = lib * train_flops_per_image(k, config.stochastic_layers) / 1e9
   print(
-    f"batch {batch_size:<4d} K={k:<3d} {config.objective:5s} library ({config.dtype})"
+    f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} library ({config.dtype})"
     f" {lib:9.0f} img/s | minimal loop {base:9.0f} img/s | ratio {lib / base:.3f}"
     f" | {gflops:.0f} GFLOP/s = {gflops / np.median(roofline):.2f}"
     f" of the matmul roofline ({np.median(roofline):.0f} GFLOP/s)"
