@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -366,9 +367,12 @@ distributed = {} if port == "alone" else dict(
   num_processes=2,
   process_id=process_id,
 )
-train.train_and_evaluate(multi_process_config(**distributed), workdir, dataset=make_small_dataset())
+summary = train.train_and_evaluate(
+  multi_process_config(**distributed), workdir, dataset=make_small_dataset()
+)
 import jax
 print(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
+print(f"training_seconds {summary['training_seconds']:.4f}")
 """
 
 
@@ -395,6 +399,8 @@ def test_two_processes_train_like_one(small_dataset, tmp_path):
     assert p.returncode == 0, stderr[-3000:]
   assert "process 0 of 2, 4 devices" in outputs[0][0]
   assert "process 1 of 2, 4 devices" in outputs[1][0]
+  seconds = [re.search(r"training_seconds (\S+)", out).group(1) for out, _ in outputs]
+  assert seconds[0] == seconds[1] and float(seconds[0]) > 0  # process 0's sum, on both
 
   reference = str(tmp_path / "one_process")
   alone = helpers.run_python("-c", MULTI_PROCESS_TRAINING, "0", "alone", reference)

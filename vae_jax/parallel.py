@@ -103,3 +103,11 @@ def max_over_processes(value: int) -> int:
   if jax.process_count() == 1:
     return value
   return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def from_main_process(value: float) -> float:
+  """Process 0's value on every process: for what only process 0 can compute, such as a
+  sum over the files it alone writes."""
+  if jax.process_count() == 1:
+    return value
+  return float(multihost_utils.broadcast_one_to_all(np.float32(value)))

@@ -161,9 +161,10 @@ def train_and_evaluate(
     checkpointer.close()
 
   # Over every call of the run, resumed ones included, from metrics.jsonl (which only
-  # process 0 writes; the others report this call's training time).
+  # process 0 writes).
   if main_process:
     training_seconds = sum(r.get("train_seconds", 0.0) for r in metrics.read_records(workdir))
+  training_seconds = parallel.from_main_process(training_seconds)
   summary = report.final_evaluation(
     experiment, state, step, test_x, test_labels, workdir, command, training_seconds
   )
