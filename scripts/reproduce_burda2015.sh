@@ -17,6 +17,8 @@ seconds=${3:-540}
 mkdir -p "$root"
 # Three processes on one GPU: each allocates what it needs instead of 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# Compiled programs are kept between pieces: a resumed piece loads them, not compiles them.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$root/.jax_cache}
 for config in burda2015_vae_k1 burda2015_iwae_k50 burda2015_iwae_k50_2layer; do
   if [ -f "$root/$config/summary.json" ]; then
     echo "$config: finished ($root/$config/summary.json)"
