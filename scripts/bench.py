@@ -118,25 +118,30 @@ _COMPILE_FOR = flags.DEFINE_enum(
   "needs jax[cuda12]).",
 )
 
-HIDDEN, LATENT, PIXELS = (200, 200), 50, 784
-# Burda et al.'s 2-layer model, 784-100-100-[100]-50-50-[50] (--stochastic_layers=2).
-TWO_LAYERS = dict(
-  stochastic_layers=2, hidden=(100, 100), latent_dim=100, top_hidden=(50, 50), top_latent_dim=50
-)
+PIXELS = 784
+# Burda et al.'s 2-layer model, 784-100-100-[100]-50-50-[50] (--stochastic_layers=2); its
+# top block, 50-50-[50], is the config's default.
+TWO_LAYERS = dict(stochastic_layers=2, hidden=(100, 100), latent_dim=100)
 
 
-def mlp_sizes(stochastic_layers: int) -> dict[str, list[int]]:
-  """Each network's layer widths; the first network reads x, the others latent samples."""
-  if stochastic_layers == 1:
-    return {"enc": [PIXELS, *HIDDEN, 2 * LATENT], "dec": [LATENT, *HIDDEN[::-1], PIXELS]}
-  hidden, latent = TWO_LAYERS["hidden"], TWO_LAYERS["latent_dim"]
-  top_hidden, top_latent = TWO_LAYERS["top_hidden"], TWO_LAYERS["top_latent_dim"]
+def mlp_sizes(config) -> dict[str, list[int]]:
+  """The layer widths of each network of config's model; the first network reads x, the
+  others latent samples."""
+  hidden, latent = list(config.hidden), config.latent_dim
+  if config.stochastic_layers == 1:
+    return {"enc": [PIXELS, *hidden, 2 * latent], "dec": [latent, *hidden[::-1], PIXELS]}
+  top_hidden, top_latent = list(config.top_hidden), config.top_latent_dim
   return {
     "q_h1": [PIXELS, *hidden, 2 * latent],
     "q_h2": [latent, *top_hidden, 2 * top_latent],
     "p_h1": [top_latent, *top_hidden[::-1], 2 * latent],
     "p_x": [latent, *hidden[::-1], PIXELS],
   }
+
+
+def multiply_adds(sizes: list[int]) -> int:
+  """Of one pass of one example through dense layers of these widths."""
+  return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -150,26 +155,18 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def train_flops_per_image(k: int, stochastic_layers: int = 1) -> float:
+def train_flops_per_image(config) -> float:
   """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward and backward): the network
   that reads x runs once per image, the others once per sample."""
-  first, *rest = (
-    sum(a * b for a, b in zip(s[:-1], s[1:])) for s in mlp_sizes(stochastic_layers).values()
-  )
-  return 2 * 3 * (first + k * sum(rest))
+  first, *rest = map(multiply_adds, mlp_sizes(config).values())
+  return 2 * 3 * (first + config.num_samples * sum(rest))
 
 
-def baseline_epoch_fn(
-  k: int,
-  batch_size: int,
-  num_train: int,
-  *,
-  analytic_kl: bool = False,
-  stochastic_layers: int = 1,
-):
-  """A minimal hand-written VAE/IWAE training epoch: what one would write in an afternoon.
-  analytic_kl: at K=1, the closed-form KL instead of log q - log p at the sample (one
-  stochastic layer only)."""
+def baseline_epoch_fn(config, num_train: int):
+  """A minimal hand-written VAE/IWAE training epoch of config's model, K, batch size and
+  estimator: what one would write in an afternoon. config.analytic_kl: the closed-form KL
+  instead of log q - log p at the sample (one stochastic layer, K=1)."""
+  k, batch_size = config.num_samples, config.batch_size
 
   def init(key):
     def mlp(key, sizes):
@@ -179,7 +176,7 @@ def baseline_epoch_fn(
         for k_, a, b in zip(keys, sizes[:-1], sizes[1:])
       ]
 
-    sizes = mlp_sizes(stochastic_layers)
+    sizes = mlp_sizes(config)
     return {
       name: mlp(k_, s) for k_, (name, s) in zip(jax.random.split(key, len(sizes)), sizes.items())
     }
@@ -201,7 +198,7 @@ def baseline_epoch_fn(
     eps = jax.random.normal(key, (k, *mean.shape))
     z = mean + jnp.exp(0.5 * logvar) * eps
     log_px = log_bernoulli(x, apply(params["dec"], z))
-    if analytic_kl and k == 1:
+    if config.analytic_kl:
       return log_px - 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1 - logvar, -1)
     log_pz = -0.5 * jnp.sum(z**2 + np.log(2 * np.pi), -1)
     log_qz = -0.5 * jnp.sum(eps**2 + logvar + np.log(2 * np.pi), -1)
@@ -219,7 +216,7 @@ def baseline_epoch_fn(
     return log_p - log_normal(h1, q1_mean, q1_logvar) - log_normal(h2, q2_mean, q2_logvar)
 
   def loss(params, x, key):
-    log_weights = one_layer_log_weights if stochastic_layers == 1 else two_layer_log_weights
+    log_weights = one_layer_log_weights if config.stochastic_layers == 1 else two_layer_log_weights
     return -jnp.mean(jax.nn.logsumexp(log_weights(params, x, key), 0) - np.log(k))
 
   tx = optax.adam(1e-3)
@@ -293,21 +290,12 @@ def scan_body_kernels(compiled, *, innermost: bool = False) -> int:
   return max(_kernels(computations, body) for body in bodies)
 
 
-def step_kernels(
-  dataset,
-  k: int,
-  batch_size: int,
-  device=None,
-  *,
-  analytic_kl: bool = False,
-  stochastic_layers: int = 1,
-) -> tuple[int, int]:
-  """Kernels per step of the library's compiled training call and of the minimal loop's,
-  on one device (the first when None). Compiled from shapes alone, so the device may be
-  one of a topology with no hardware behind it (--compile_for)."""
+def step_kernels(dataset, config, device=None) -> tuple[int, int]:
+  """Kernels per step of the library's compiled training call and of the minimal loop's
+  (of config's model, K, batch size and estimator), on one device (the first when None).
+  Compiled from shapes alone, so the device may be one of a topology with no hardware
+  behind it (--compile_for)."""
   device = device or jax.devices()[0]
-  model = dict(analytic_kl=analytic_kl, stochastic_layers=stochastic_layers)
-  config = iwae_or_elbo_config(k, batch_size=batch_size, **model)
   experiment = Experiment(config, dataset, devices=[device])
   keys = jax.eval_shape(lambda: state_lib.seed_keys(experiment.config))
   library = experiment.train_chunk.lower(
@@ -317,7 +305,7 @@ def step_kernels(
     _abstract(dataset.train_labels, experiment.batch_sharding),
   ).compile()
   num_train = dataset.train_images.shape[0]
-  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train, **model)
+  base_epoch, base_state = baseline_epoch_fn(config, num_train)
   on_device = jax.sharding.SingleDeviceSharding(device)
   baseline = base_epoch.lower(
     jax.tree.map(lambda a: _abstract(a, on_device), base_state),
@@ -392,10 +380,10 @@ def bench_kernels(dataset) -> None:
     print(f"compiled for {device.device_kind}, without one (jax {jax.__version__})")
   for batch_size in map(int, _BATCH_SIZES.value):
     for k in map(int, _KS.value):
-      library, baseline = step_kernels(dataset, k, batch_size, device, **_model_flags())
-      name = _model_name(iwae_or_elbo_config(k, **_model_flags()))
+      config = iwae_or_elbo_config(k, batch_size=batch_size, **_model_flags())
+      library, baseline = step_kernels(dataset, config, device)
       print(
-        f"batch {batch_size:<4d} K={k:<3d} {name:13s} kernels per step:"
+        f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} kernels per step:"
         f" library {library}, minimal loop {baseline}"
       )
   for size in _EVAL_SIZES.value:
@@ -408,7 +396,7 @@ def bench_kernels(dataset) -> None:
 
 def eval_flops_per_sample() -> float:
   """FLOPs of one importance sample: the decoder's dense layers, forward only."""
-  return 2 * (LATENT * HIDDEN[1] + HIDDEN[1] * HIDDEN[0] + HIDDEN[0] * PIXELS)
+  return 2 * multiply_adds(mlp_sizes(build_config())["dec"])
 
 
 def bench_evaluation(dataset) -> None:
@@ -501,7 +489,7 @@ def bench_time_to_quality() -> None:
 
 def bench_matmul(repeats: int = 20) -> None:
   """GFLOP/s of a dense layer's forward and backward products, float32 against bfloat16."""
-  rows, fan_in, fan_out = 50 * 100, HIDDEN[0], PIXELS  # K=50 samples x batch 100
+  rows, fan_in, fan_out = 50 * 100, build_config().hidden[0], PIXELS  # K=50 x batch 100
 
   def dot(a, b, contract):  # contracting axis `contract[0]` of a with `contract[1]` of b
     dims = (((contract[0],), (contract[1],)), ((), ()))
@@ -597,7 +585,7 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
-  base_epoch, base_state = baseline_epoch_fn(k, batch_size, num_train, **_model_flags())
+  base_epoch, base_state = baseline_epoch_fn(config, num_train)
   base_images = jax.device_put(dataset.train_images)
   epochs = max(1, _EPOCHS_PER_ROUND.value if k == 1 else _EPOCHS_PER_ROUND.value // 3)
   # Compile both, then time interleaved rounds.
@@ -621,7 +609,7 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   images_per_round = epochs * experiment.steps_per_epoch * batch_size
   lib = images_per_round / np.median(lib_times)
   base = images_per_round / np.median(base_times)
-  gflops = lib * train_flops_per_image(k, config.stochastic_layers) / 1e9
+  gflops = lib * train_flops_per_image(config) / 1e9
   print(
     f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} library ({config.dtype})"
     f" {lib:9.0f} img/s | minimal loop {base:9.0f} img/s | ratio {lib / base:.3f}"

@@ -204,7 +204,8 @@ def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_sa
   import bench
 
   with jax.numpy_rank_promotion("allow"):  # the minimal loop broadcasts its biases implicitly
-    library, minimal = bench.step_kernels(data.load_mnist_5k(), num_samples, batch_size=20)
+    config = bench.iwae_or_elbo_config(num_samples, batch_size=20)
+    library, minimal = bench.step_kernels(data.load_mnist_5k(), config)
   assert library <= minimal, f"{library} kernels per step; the minimal loop has {minimal}"
 
 

@@ -86,7 +86,7 @@ def train_and_evaluate(
 
   writer = metrics.MetricWriter(workdir, resumed_step=step) if main_process else None
   images_per_call = experiment.steps_per_call * config.batch_size * config.num_seeds
-  epoch_metrics, epoch_seconds, seconds_per_epoch, training_seconds = [], 0.0, [], 0.0
+  epoch_metrics, epoch_seconds, seconds_per_epoch = [], 0.0, []
   first_epoch = step // experiment.steps_per_epoch
   progress = Progress(
     config.num_epochs, "training", unit="epochs", initial=first_epoch, log_lines=False
@@ -99,9 +99,7 @@ def train_and_evaluate(
         last_good_state = experiment.copy_state(state)
         state, call_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
         call_metrics = jax.device_get(call_metrics)
-        elapsed = time.perf_counter() - start
-        epoch_seconds += elapsed
-        training_seconds += elapsed
+        epoch_seconds += time.perf_counter() - start
         if not all(np.all(np.isfinite(values)) for values in call_metrics.values()):
           checkpointer.save(step, last_good_state)
           # Re-run the call step by step (deterministic: all randomness is (seed, step)).
@@ -162,9 +160,9 @@ def train_and_evaluate(
 
   # Over every call of the run, resumed ones included, from metrics.jsonl (which only
   # process 0 writes).
-  if main_process:
-    training_seconds = sum(r.get("train_seconds", 0.0) for r in metrics.read_records(workdir))
-  training_seconds = parallel.from_main_process(training_seconds)
+  training_seconds = parallel.from_main_process(
+    sum(r.get("train_seconds", 0.0) for r in metrics.read_records(workdir)) if main_process else 0
+  )
   summary = report.final_evaluation(
     experiment, state, step, test_x, test_labels, workdir, command, training_seconds
   )
