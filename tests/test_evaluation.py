@@ -109,9 +109,13 @@ def test_picture_functions(small_models):
   ):
     scatter = plots.latent_scatter(means, np.arange(50) % 10)
     assert scatter.dtype == np.uint8 and scatter.ndim == 3 and scatter.shape[-1] == 3
-  records = [{"epoch": e, "train/loss": 200 - e, "test/elbo": -210 + e} for e in (1, 2, 3)]
-  curves = plots.training_curves(records)
-  assert curves.dtype == np.uint8 and curves.shape[-1] == 3 and curves.std() > 0
+  for num_epochs in (3, plots.LOG_SCALE_EPOCHS):  # a linear, then a log epoch axis
+    records = [
+      {"epoch": e, "train/loss": 90 + 100 / e, "test/elbo": -91 - 100 / e}
+      for e in range(1, num_epochs + 1)
+    ]
+    curves = plots.training_curves(records)
+    assert curves.dtype == np.uint8 and curves.shape[-1] == 3 and curves.std() > 0
 
 
 def test_image_grids_scale_up_with_nearest_neighbour():

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 MIN_IMAGE_PIXELS = 56  # a 28-pixel digit is shown 2x: readable on a high-DPI screen
+LOG_SCALE_EPOCHS = 1000  # training curves this long get a log epoch axis
 
 
 def image_grid(
@@ -199,7 +200,11 @@ def training_curves(records: list[dict], *, title: str = "") -> np.ndarray:
   for name, label in (("valid/elbo", "validation ELBO"), ("test/elbo", "test ELBO")):
     if name in records[0]:
       axes.plot(epochs, [record[name] for record in records], label=label)
-  axes.set_xlabel("epoch")
+  if epochs[-1] >= LOG_SCALE_EPOCHS:  # most is learnt early; a log axis shows every stage
+    axes.set_xscale("log")
+    axes.set_xlabel("epoch (log scale)")
+  else:
+    axes.set_xlabel("epoch")
   axes.set_ylabel("nats")
   axes.legend()
   if title:
