@@ -566,16 +566,14 @@ def iwae_or_elbo_config(
 ):
   """The default config with K samples: the ELBO at K=1, IWAE beyond. The KL is sampled
   (as in Burda et al.'s VAE) unless analytic_kl: the minimal loop is given the same.
-  stochastic_layers=2: Burda et al.'s 2-layer model instead."""
-  return build_config(
-    dict(
-      objective="elbo" if k == 1 else "iwae",
-      num_samples=k,
-      analytic_kl=analytic_kl and k == 1,
-      **(TWO_LAYERS if stochastic_layers == 2 else {}),
-      **overrides,
-    )
+  stochastic_layers=2: Burda et al.'s 2-layer model instead. overrides win over all of it."""
+  fields = dict(
+    objective="elbo" if k == 1 else "iwae",
+    num_samples=k,
+    analytic_kl=analytic_kl and k == 1,
+    **(TWO_LAYERS if stochastic_layers == 2 else {}),
   )
+  return build_config({**fields, **overrides})
 
 
 def bench_training(dataset, k: int, batch_size: int) -> None:

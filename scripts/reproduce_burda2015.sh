@@ -5,8 +5,8 @@
 #
 # trains the three runs (1-layer VAE k=1, 1-layer IWAE k=50, 2-layer IWAE k=50) side by
 # side, each in ROOT/CONFIG, and stops them with SIGTERM after SECONDS: each saves a
-# checkpoint at the end of its current epoch. (Each gets about a third of the GPU: no
-# faster than one after another, but all three advance in every piece.) Run the same
+# checkpoint at the end of its current epoch. (They share the GPU in equal parts: no
+# faster than one after another, but all advance in every piece.) Run the same
 # command again to go on; a run that has finished all 3,280 epochs evaluates IS-5000 on
 # the 10,000 test images and writes ROOT/CONFIG/summary.json and its pictures. DATA_DIR
 # is a TFDS data_dir with mnist prepared (scripts/prepare_data.py).
