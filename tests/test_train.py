@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import sys
+from unittest import mock
 
 import helpers
 import jax
@@ -110,6 +111,24 @@ def test_burda_two_stochastic_layer_parameter_count_and_shapes():
   assert vae.decode_prior(jax.random.key(2), num_samples=5).shape == (5, 28, 28, 1)
   with pytest.raises(ValueError, match="no closed-form KL"):
     vae.elbo_terms(jax.random.key(1), x, analytic_kl=True)
+
+
+def test_two_stochastic_layers_prior_samples_are_ancestral_draws():
+  # h2 ~ N(0, I) and h1 | h2 ~ N(A'h2 + a, diag(exp(s))), so h1 ~ N(a, A'A + diag(exp(s))).
+  # Decoding at p(h1|h2)'s mean instead would leave out diag(exp(s)).
+  vae, _, _ = helpers.two_layer_linear_gaussian()
+  layer = vae.p_h1.layers[0]
+  a_matrix, a_bias, s = (
+    np.asarray(v) for v in (layer.kernel[:, :3], layer.bias[:3], layer.bias[3:])
+  )
+  with mock.patch.object(models.TwoStochasticLayerVAE, "decode_mean", lambda self, h1: h1):
+    h1 = np.asarray(vae.decode_prior(jax.random.key(0), num_samples=40_000))
+  cov_h1 = a_matrix.T @ a_matrix + np.diag(np.exp(s))
+  scale = np.sqrt(np.diag(cov_h1))
+  np.testing.assert_allclose((h1.mean(0) - a_bias) / scale, 0, atol=0.03)
+  np.testing.assert_allclose(
+    np.cov(h1.T) / np.outer(scale, scale), cov_h1 / np.outer(scale, scale), atol=0.03
+  )
 
 
 def test_two_stochastic_layers_importance_sampling_recovers_exact_log_likelihood():

@@ -412,11 +412,15 @@ class TwoStochasticLayerVAE(_ImageModel):
   def decode_prior(
     self, key: jax.Array, labels: jax.Array | None = None, *, num_samples: int
   ) -> jax.Array:
-    """Mean images of p(x|h1) at the mean of p(h1|h2), h2 drawn from the prior."""
+    """Mean images of p(x|h1) at ancestral draws: h2 from the prior, h1 from p(h1|h2).
+
+    h1 is drawn, not set to p(h1|h2)'s mean: with few active units in h2, that mean
+    barely moves, and every sample would be the same image."""
     self._check_labels(labels)
-    h2 = jax.random.normal(key, (num_samples, self.top_latent_dim))
-    h1_mean, _ = jnp.split(self._f32(self.p_h1, h2), 2, -1)
-    return self.decode_mean(h1_mean)
+    key_h2, key_h1 = jax.random.split(key)
+    h2 = jax.random.normal(key_h2, (num_samples, self.top_latent_dim))
+    h1_mean, h1_logvar = jnp.split(self._f32(self.p_h1, h2), 2, -1)
+    return self.decode_mean(distributions.reparameterize(key_h1, h1_mean, h1_logvar, 1)[0])
 
   def _log_weight_terms(self, key, x, num_samples):
     """log q - log p per dimension of [h1, h2], [K, batch, latents]; log p(x|h1), [K, batch]."""
