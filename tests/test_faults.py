@@ -3,6 +3,7 @@ recognized and skipped, nothing is logged twice, an unwritable workdir fails at 
 
 import json
 import os
+import re
 import shutil
 
 import helpers
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from test_train import make_small_dataset, tiny_config
 
-from vae_jax import checkpoints, metrics, train
+from vae_jax import checkpoints, metrics, report, train
 from vae_jax.config import build_config
 
 
@@ -120,6 +121,42 @@ def test_steps_logged_after_the_last_checkpoint_are_not_logged_twice(small_datas
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert summary["training_seconds"] == pytest.approx(sum(r["train_seconds"] for r in records))
   assert summary["training_seconds"] > records[-1]["train_seconds"] > 0
+  assert summary["training_seconds_by_device"] == {
+    report.device_description(): pytest.approx(summary["training_seconds"])
+  }
+
+
+def test_a_run_resumed_on_another_machine_reports_its_training_time_per_device(
+  small_dataset, tmp_path, capsys
+):
+  """Long runs go on piece by piece, perhaps on other machines: summary.json and the printed
+  summary split the training time by the device each epoch ran on."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(num_epochs=2), workdir, dataset=small_dataset)
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = metrics.read_records(workdir)
+  records[0]["device"] = "NVIDIA H100 80GB HBM3 x 1"  # as if epoch 1 ran on a GPU
+  del records[1]["device"]  # and epoch 2 before the device was logged
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  capsys.readouterr()
+  summary = train.train_and_evaluate(tiny_config(num_epochs=3), workdir, dataset=small_dataset)
+  third = metrics.read_records(workdir)[2]
+  assert third["device"] == report.device_description()
+  assert summary["training_seconds_by_device"] == {
+    "NVIDIA H100 80GB HBM3 x 1": records[0]["train_seconds"],
+    "device not recorded": records[1]["train_seconds"],
+    report.device_description(): third["train_seconds"],
+  }
+  written = json.load(open(os.path.join(workdir, "summary.json")))
+  assert written["training_seconds_by_device"] == summary["training_seconds_by_device"]
+  printed = capsys.readouterr().out
+  time = r"\d+m\d\ds"
+  assert re.search(
+    rf"Training {time} \(NVIDIA H100 80GB HBM3 x 1: {time}, device not recorded: {time}, "
+    rf"{re.escape(report.device_description())}: {time}\), evaluation",
+    printed,
+  ), printed
 
 
 def test_a_full_disk_stops_the_run_with_what_to_do_and_loses_nothing(

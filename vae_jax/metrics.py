@@ -50,6 +50,8 @@ class MetricWriter:
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
     for name, value in scalars.items():
+      if isinstance(value, str):  # text (the device) is for metrics.jsonl only
+        continue
       if isinstance(value, list):  # one value per seed
         for seed, v in enumerate(value):
           self.tensorboard.add_scalar(f"{name}/seed_{seed}", v, step)

@@ -99,19 +99,44 @@ def evaluation_report(
     "steps": step,
     "epochs": step / experiment.steps_per_epoch,
     "evaluation_seconds": time.perf_counter() - start,
-    "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}",
+    "device": device_description(),
     "command": command or "vae_jax.train.train_and_evaluate(config, workdir)",
   }
 
 
+def device_description() -> str:
+  """What this run computes on, e.g. "NVIDIA H100 80GB HBM3 x 1" or "cpu x 2"."""
+  return f"{jax.devices()[0].device_kind} x {jax.device_count()}"
+
+
+def training_seconds_by_device(records: list[dict]) -> dict[str, float]:
+  """train_seconds of metrics.jsonl records summed per device (a resumed run may have moved
+  to another machine); records from before the device was logged: "device not recorded"."""
+  seconds = {}
+  for record in records:
+    device = record.get("device", "device not recorded")
+    seconds[device] = seconds.get(device, 0.0) + record.get("train_seconds", 0.0)
+  return seconds
+
+
 def final_evaluation(
-  experiment: Experiment, state, step, test_x, test_labels, workdir, command, training_seconds
+  experiment: Experiment,
+  state,
+  step,
+  test_x,
+  test_labels,
+  workdir,
+  command,
+  training_seconds,
+  training_seconds_by_device=None,
 ):
   """The full test-set evaluation, pictures, summary.json and index.html (process 0 writes)."""
   summary = evaluation_report(
     experiment, state["params"], test_x, test_labels, split="test", step=step, command=command
   )
   summary["training_seconds"] = training_seconds
+  if training_seconds_by_device:
+    summary["training_seconds_by_device"] = training_seconds_by_device
   summary["config"] = json.loads(experiment.config.to_json_best_effort())
   publish(experiment, state["params"], test_x, test_labels, workdir, summary, "summary.json")
   return summary
@@ -281,8 +306,14 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
   width = max(len(what) for what, _ in rows)
   lines += [f"  {what:<{width}}  {value}" for what, value in rows]
   seconds = report.get("training_seconds")
+  by_device = report.get("training_seconds_by_device", {})
+  where = (  # only when the run moved between machines
+    " (" + ", ".join(f"{d}: {format_duration(s)}" for d, s in by_device.items()) + ")"
+    if len(by_device) > 1
+    else ""
+  )
   lines.append(
-    (f"Training {format_duration(seconds)}, " if seconds is not None else "")
+    (f"Training {format_duration(seconds)}{where}, " if seconds is not None else "")
     + f"evaluation {format_duration(report['evaluation_seconds'])} on {report['device']}."
   )
   files = sorted(f for f in os.listdir(workdir) if not f.startswith("events."))
@@ -313,6 +344,7 @@ def write_index(workdir: str, report: dict[str, Any], pictures: list[str]) -> st
       "num_seeds",
       "device",
       "training_seconds",
+      "training_seconds_by_device",
       "evaluation_seconds",
       "command",
     )

@@ -87,6 +87,7 @@ def train_and_evaluate(
   writer = metrics.MetricWriter(workdir, resumed_step=step) if main_process else None
   images_per_call = experiment.steps_per_call * config.batch_size * config.num_seeds
   epoch_metrics, epoch_seconds, seconds_per_epoch = [], 0.0, []
+  device = report.device_description()  # logged per epoch: a resume may run elsewhere
   first_epoch = step // experiment.steps_per_epoch
   progress = Progress(
     config.num_epochs, "training", unit="epochs", initial=first_epoch, log_lines=False
@@ -128,6 +129,7 @@ def train_and_evaluate(
           record["epoch"] = epoch
           record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
           record["train_seconds"] = epoch_seconds
+          record["device"] = device
           checkpoint_now = (
             epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps
           )
@@ -159,12 +161,12 @@ def train_and_evaluate(
     checkpointer.close()
 
   # Over every call of the run, resumed ones included, from metrics.jsonl (which only
-  # process 0 writes).
-  training_seconds = parallel.from_main_process(
-    sum(r.get("train_seconds", 0.0) for r in metrics.read_records(workdir)) if main_process else 0
-  )
+  # process 0 writes; so only its summary has the time per device).
+  records = metrics.read_records(workdir) if main_process else []
+  by_device = report.training_seconds_by_device(records)
+  training_seconds = parallel.from_main_process(sum(by_device.values()))
   summary = report.final_evaluation(
-    experiment, state, step, test_x, test_labels, workdir, command, training_seconds
+    experiment, state, step, test_x, test_labels, workdir, command, training_seconds, by_device
   )
   if main_process:
     print(report.human_summary(summary, workdir), flush=True)
