@@ -148,6 +148,8 @@ def test_a_run_resumed_on_another_machine_reports_its_training_time_per_device(
     "device not recorded": records[1]["train_seconds"],
     report.device_description(): third["train_seconds"],
   }
+  page = open(os.path.join(workdir, "index.html")).read()
+  assert "<li>training_seconds_by_device: NVIDIA H100 80GB HBM3 x 1: " in page
   written = json.load(open(os.path.join(workdir, "summary.json")))
   assert written["training_seconds_by_device"] == summary["training_seconds_by_device"]
   printed = capsys.readouterr().out

@@ -323,6 +323,8 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
 
 
 def _setting(value) -> str:
+  if isinstance(value, dict):
+    return ", ".join(f"{name}: {_setting(v)}" for name, v in value.items())
   return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
