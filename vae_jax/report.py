@@ -128,14 +128,14 @@ def final_evaluation(
   workdir,
   command,
   training_seconds,
-  training_seconds_by_device=None,
+  training_seconds_by_device,
 ):
   """The full test-set evaluation, pictures, summary.json and index.html (process 0 writes)."""
   summary = evaluation_report(
     experiment, state["params"], test_x, test_labels, split="test", step=step, command=command
   )
   summary["training_seconds"] = training_seconds
-  if training_seconds_by_device:
+  if training_seconds_by_device:  # empty on processes other than 0, which write no files
     summary["training_seconds_by_device"] = training_seconds_by_device
   summary["config"] = json.loads(experiment.config.to_json_best_effort())
   publish(experiment, state["params"], test_x, test_labels, workdir, summary, "summary.json")
