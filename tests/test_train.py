@@ -92,12 +92,20 @@ def test_burda_architecture_parameter_count_and_shapes():
 
 
 def test_burda_two_stochastic_layer_parameter_count_and_shapes():
+  # The authors' code's widths (yburda/iwae): 784-200-200-[100]-100-100-[50].
   vae = models.TwoStochasticLayerVAE(image_shape=(28, 28, 1), rngs=nnx.Rngs(0))
-  q_h1 = (784 * 100 + 100) + (100 * 100 + 100) + (100 * 200 + 200)
-  q_h2 = (100 * 50 + 50) + (50 * 50 + 50) + (50 * 100 + 100)
-  p_h1 = (50 * 50 + 50) + (50 * 50 + 50) + (50 * 200 + 200)
-  p_x = (100 * 100 + 100) + (100 * 100 + 100) + (100 * 784 + 784)
+  q_h1 = (784 * 200 + 200) + (200 * 200 + 200) + (200 * 200 + 200)
+  q_h2 = (100 * 100 + 100) + (100 * 100 + 100) + (100 * 100 + 100)
+  p_h1 = (50 * 100 + 100) + (100 * 100 + 100) + (100 * 200 + 200)
+  p_x = (100 * 200 + 200) + (200 * 200 + 200) + (200 * 784 + 784)
   assert _num_params(vae) == q_h1 + q_h2 + p_h1 + p_x
+  # The 2-layer config builds the same model.
+  from experiments.configs import burda2015_iwae_k50_2layer
+  from vae_jax.state import make_model
+
+  config = burda2015_iwae_k50_2layer.get_config()
+  model = make_model(config, (28, 28, 1), num_classes=0, rngs=nnx.Rngs(0))
+  assert _num_params(model) == _num_params(vae)
   x = (jax.random.uniform(jax.random.key(0), (3, 28, 28, 1)) > 0.5).astype(jnp.float32)
   assert vae.log_weights(jax.random.key(1), x, num_samples=7).shape == (7, 3)
   terms = vae.elbo_terms(jax.random.key(1), x, num_samples=7)

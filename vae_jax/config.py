@@ -31,7 +31,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.conv_channels = (32, 64)
   config.latent_dim = 50  # of the first stochastic layer
   config.stochastic_layers = 1  # 2: Burda et al.'s x -> h1 -> h2 (MLP, unconditional)
-  config.top_hidden = (50, 50)  # second stochastic block's hidden layers (stochastic_layers=2)
+  config.top_hidden = (100, 100)  # second stochastic block's hidden layers (stochastic_layers=2)
   config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
   config.activation = "tanh"
   config.likelihood = "bernoulli"  # see vae_jax.likelihoods.LIKELIHOODS

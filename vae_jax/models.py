@@ -347,8 +347,9 @@ class TwoStochasticLayerVAE(_ImageModel):
 
   q(h1|x) q(h2|h1) and p(h2) p(h1|h2) p(x|h1), each conditional a diagonal
   Gaussian (or the likelihood head) whose parameters come from an MLP. The
-  paper's MNIST model: 784-100-100-[100]-50-50-[50], tanh, so hidden=(100, 100),
-  latent_dim=100, top_hidden=(50, 50), top_latent_dim=50.
+  paper's MNIST model, as in the authors' code (github.com/yburda/iwae):
+  784-200-200-[100]-100-100-[50], tanh, so hidden=(200, 200), latent_dim=100,
+  top_hidden=(100, 100), top_latent_dim=50, the defaults.
 
   There is no closed-form KL, so the objectives are built from log-weights:
   `log_weights` for IWAE and importance sampling, `elbo_terms` (Monte Carlo
@@ -365,8 +366,8 @@ class TwoStochasticLayerVAE(_ImageModel):
     image_shape: Sequence[int],
     latent_dim: int = 100,
     top_latent_dim: int = 50,
-    hidden: Sequence[int] = (100, 100),
-    top_hidden: Sequence[int] = (50, 50),
+    hidden: Sequence[int] = (200, 200),
+    top_hidden: Sequence[int] = (100, 100),
     likelihood: str = "bernoulli",
     activation: str = "tanh",
     gaussian_logvar: float = 0.0,
