@@ -1,6 +1,7 @@
 """Faults and bad input: a resumed run checks its config, damaged checkpoints are
 recognized and skipped, nothing is logged twice, an unwritable workdir fails at once."""
 
+import importlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import pytest
 from test_train import make_small_dataset, tiny_config
 
 from vae_jax import checkpoints, metrics, report, train
-from vae_jax.config import build_config
+from vae_jax.config import build_config, check_resumable, load_workdir_config
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,27 @@ def test_resuming_with_another_config_is_refused_and_keeps_the_workdir(small_dat
     train.train_and_evaluate(
       tiny_config(num_epochs=2, lr_schedule="cosine"), cosine, dataset=small_dataset
     )
+
+
+def test_fields_a_run_never_reads_do_not_block_resuming_it():
+  # A new default for a field a run never reads (top_hidden in a one-layer run) relabels nothing.
+  one_layer = build_config(dict(top_hidden=(50, 50), top_latent_dim=20, conv_channels=(8,)))
+  check_resumable(one_layer, build_config())
+  two_layers = build_config(dict(stochastic_layers=2, top_hidden=(50, 50)))
+  with pytest.raises(ValueError, match=r"top_hidden=\[50, 50\] -> \[100, 100\]"):
+    check_resumable(two_layers, build_config(dict(stochastic_layers=2)))
+  conv = build_config(dict(architecture="conv", conv_channels=(8,)))
+  with pytest.raises(ValueError, match=r"conv_channels=\[8\] -> \[32, 64\]"):
+    check_resumable(conv, build_config(dict(architecture="conv")))
+
+
+@pytest.mark.parametrize(
+  "name", ["burda2015_vae_k1", "burda2015_iwae_k50", "burda2015_iwae_k50_2layer"]
+)
+def test_published_runs_resume_with_their_config_files(name):
+  # scripts/reproduce_burda2015.sh resumes results/<name> with experiments/configs/<name>.py.
+  saved = load_workdir_config(os.path.join(helpers.REPO, "results", name))
+  check_resumable(saved, importlib.import_module(f"experiments.configs.{name}").get_config())
 
 
 def _flip_a_byte(path):

@@ -281,11 +281,23 @@ RESUMABLE_FIELDS = (
 )
 
 
+def _unread_fields(config: ml_collections.ConfigDict) -> set[str]:
+  """Model fields that config's run never reads: a new default for them relabels nothing."""
+  unread = set()
+  if config.stochastic_layers == 1:
+    unread |= {"top_hidden", "top_latent_dim"}
+  if config.stochastic_layers == 2 or config.architecture == "mlp":
+    unread.add("conv_channels")
+  return unread
+
+
 def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming each field in which config differs from the config a
-  workdir was trained with, beyond RESUMABLE_FIELDS."""
+  workdir was trained with, beyond RESUMABLE_FIELDS and the fields the run never reads."""
   before, now = (json.loads(c.to_json_best_effort()) for c in (saved, config))
-  resumable = set(RESUMABLE_FIELDS) - ({"num_epochs"} if now["lr_schedule"] == "cosine" else set())
+  resumable = set(RESUMABLE_FIELDS) | _unread_fields(config)
+  if now["lr_schedule"] == "cosine":
+    resumable.discard("num_epochs")
   changed = [
     f"{name}={before.get(name)!r} -> {now[name]!r}"
     for name in now
