@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import helpers
 import jax
@@ -78,6 +79,36 @@ def test_published_runs_resume_with_their_config_files(name):
   # scripts/reproduce_burda2015.sh resumes results/<name> with experiments/configs/<name>.py.
   saved = load_workdir_config(os.path.join(helpers.REPO, "results", name))
   check_resumable(saved, importlib.import_module(f"experiments.configs.{name}").get_config())
+
+
+def test_reproduce_burda2015_names_a_run_that_failed(tmp_path):
+  # A stand-in for python: the VAE has finished, the 1-layer IWAE trains until its piece
+  # ends, the 2-layer one fails at once (as a refused resume does).
+  stub = tmp_path / "python"
+  stub.write_text(
+    "#!/usr/bin/env bash\n"
+    'case "$*" in\n'
+    '  *2layer*) echo "Error: Bad config for resuming: (top_hidden)" >&2; exit 1 ;;\n'
+    '  *) echo "epoch 7/3280 step 21000 | train loss 90.00"; exec sleep 30 ;;\n'
+    "esac\n"
+  )
+  stub.chmod(0o755)
+  root = tmp_path / "results"
+  (root / "burda2015_vae_k1").mkdir(parents=True)
+  (root / "burda2015_vae_k1" / "summary.json").write_text("{}")
+  result = subprocess.run(
+    ["bash", "scripts/reproduce_burda2015.sh", "DATA", str(root), "2"],
+    cwd=helpers.REPO,
+    env={**os.environ, "PYTHON": str(stub)},
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert "burda2015_vae_k1: finished" in result.stdout
+  assert "burda2015_iwae_k50: epoch 7/3280 step 21000" in result.stdout
+  assert "burda2015_iwae_k50_2layer: FAILED (exit 1)" in result.stdout
+  assert "Bad config for resuming" in result.stdout
 
 
 def _flip_a_byte(path):
