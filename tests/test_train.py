@@ -16,9 +16,11 @@ import pytest
 from flax import nnx
 
 import vae_jax
+from experiments.configs import burda2015_iwae_k50_2layer
 from vae_jax import checkpoints, data, likelihoods, models, train
 from vae_jax.config import build_config, validate_config
 from vae_jax.experiment import Experiment
+from vae_jax.state import make_model
 
 
 def make_small_dataset():
@@ -100,9 +102,6 @@ def test_burda_two_stochastic_layer_parameter_count_and_shapes():
   p_x = (100 * 200 + 200) + (200 * 200 + 200) + (200 * 784 + 784)
   assert _num_params(vae) == q_h1 + q_h2 + p_h1 + p_x
   # The 2-layer config builds the same model.
-  from experiments.configs import burda2015_iwae_k50_2layer
-  from vae_jax.state import make_model
-
   config = burda2015_iwae_k50_2layer.get_config()
   model = make_model(config, (28, 28, 1), num_classes=0, rngs=nnx.Rngs(0))
   assert _num_params(model) == _num_params(vae)
@@ -320,6 +319,7 @@ sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 from test_train import sharded_training_run, tiny_config
 from vae_jax import data
 from vae_jax.experiment import Experiment
+from vae_jax.state import make_model
 assert jax.device_count() == int(sys.argv[2])
 results = {}
 for num_seeds in (1, 2):
