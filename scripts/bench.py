@@ -21,7 +21,8 @@ run, interleaved round by round so that a noisy machine affects both alike, it t
   - the library: vae_jax.experiment.Experiment.train_chunk, one epoch per call, with
     train_and_evaluate's copy of the state before each call;
   - a baseline: the same model, optimizer, shuffling and binarization written
-    as a minimal hand-written JAX loop (jit over a lax.scan of steps);
+    as a minimal hand-written JAX loop (jit over a lax.scan of steps) that only takes
+    gradients (--minimal_loop_loss: it also sums its loss, as the library logs it);
   - the machine's fp32 matmul throughput (2048x2048 jnp.dot), the roofline.
 It prints images/s, the ratio library / baseline, and achieved GFLOP/s
 (multiply-adds of the dense layers, x2 for FLOPs, x3 for forward + backward)
@@ -110,6 +111,12 @@ _LAYERS = flags.DEFINE_enum(
 _ANALYTIC_KL = flags.DEFINE_bool(
   "analytic_kl", False, "K=1 (train, kernels): the analytic KL in the library and the minimal loop."
 )
+_LOSS_VALUE = flags.DEFINE_bool(
+  "minimal_loop_loss",
+  False,
+  "train, kernels: the minimal loop also sums its loss's value over the epoch, as the library "
+  "does for its logged metrics (by default the loop only takes gradients).",
+)
 _COMPILE_FOR = flags.DEFINE_enum(
   "compile_for",
   None,
@@ -162,10 +169,12 @@ def train_flops_per_image(config) -> float:
   return 2 * 3 * (first + config.num_samples * sum(rest))
 
 
-def baseline_epoch_fn(config, num_train: int):
+def baseline_epoch_fn(config, num_train: int, *, loss_value: bool = False):
   """A minimal hand-written VAE/IWAE training epoch of config's model, K, batch size and
   estimator: what one would write in an afternoon. config.analytic_kl: the closed-form KL
-  instead of log q - log p at the sample (one stochastic layer, K=1)."""
+  instead of log q - log p at the sample (one stochastic layer, K=1). It returns the new
+  state and, with loss_value, the sum of the steps' losses (else None): a loop that only
+  takes gradients never computes the loss's value, which the library logs."""
   k, batch_size = config.num_samples, config.batch_size
 
   def init(key):
@@ -227,20 +236,25 @@ def baseline_epoch_fn(config, num_train: int):
     batches = order[: num_train // batch_size * batch_size].reshape(-1, batch_size)
 
     def step(carry, inputs):
-      params, opt_state = carry
+      params, opt_state, loss_sum = carry
       index, i = inputs
       key_bin, key_z = jax.random.split(jax.random.fold_in(key, i))
       x = jax.random.bernoulli(key_bin, images[index].reshape(batch_size, -1) / 255.0).astype(
         jnp.float32
       )
-      grads = jax.grad(loss)(params, x, key_z)
+      if loss_value:
+        value, grads = jax.value_and_grad(loss)(params, x, key_z)
+        loss_sum += value
+      else:
+        grads = jax.grad(loss)(params, x, key_z)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
+      return (optax.apply_updates(params, updates), opt_state, loss_sum), None
 
-    (params, opt_state), _ = jax.lax.scan(
-      step, (params, opt_state), (batches, jnp.arange(batches.shape[0]))
+    loss_sum = jnp.zeros(()) if loss_value else None
+    (params, opt_state, loss_sum), _ = jax.lax.scan(
+      step, (params, opt_state, loss_sum), (batches, jnp.arange(batches.shape[0]))
     )
-    return params, opt_state
+    return (params, opt_state), loss_sum
 
   params = init(jax.random.key(0))
   return jax.jit(epoch, donate_argnums=0), (params, tx.init(params))
@@ -290,9 +304,10 @@ def scan_body_kernels(compiled, *, innermost: bool = False) -> int:
   return max(_kernels(computations, body) for body in bodies)
 
 
-def step_kernels(dataset, config, device=None) -> tuple[int, int]:
+def step_kernels(dataset, config, device=None, *, loss_value=False) -> tuple[int, int]:
   """Kernels per step of the library's compiled training call and of the minimal loop's
-  (of config's model, K, batch size and estimator), on one device (the first when None).
+  (of config's model, K, batch size and estimator; loss_value: the loop also sums its
+  loss), on one device (the first when None).
   Compiled from shapes alone, so the device may be one of a topology with no hardware
   behind it (--compile_for)."""
   device = device or jax.devices()[0]
@@ -305,7 +320,7 @@ def step_kernels(dataset, config, device=None) -> tuple[int, int]:
     _abstract(dataset.train_labels, experiment.batch_sharding),
   ).compile()
   num_train = dataset.train_images.shape[0]
-  base_epoch, base_state = baseline_epoch_fn(config, num_train)
+  base_epoch, base_state = baseline_epoch_fn(config, num_train, loss_value=loss_value)
   on_device = jax.sharding.SingleDeviceSharding(device)
   baseline = base_epoch.lower(
     jax.tree.map(lambda a: _abstract(a, on_device), base_state),
@@ -381,7 +396,7 @@ def bench_kernels(dataset) -> None:
   for batch_size in map(int, _BATCH_SIZES.value):
     for k in map(int, _KS.value):
       config = iwae_or_elbo_config(k, batch_size=batch_size, **_model_flags())
-      library, baseline = step_kernels(dataset, config, device)
+      library, baseline = step_kernels(dataset, config, device, loss_value=_LOSS_VALUE.value)
       print(
         f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} kernels per step:"
         f" library {library}, minimal loop {baseline}"
@@ -583,12 +598,12 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
-  base_epoch, base_state = baseline_epoch_fn(config, num_train)
+  base_epoch, base_state = baseline_epoch_fn(config, num_train, loss_value=_LOSS_VALUE.value)
   base_images = jax.device_put(dataset.train_images)
   epochs = max(1, _EPOCHS_PER_ROUND.value if k == 1 else _EPOCHS_PER_ROUND.value // 3)
   # Compile both, then time interleaved rounds.
   state, _ = experiment.train_chunk(state, keys, images, labels)
-  base_state = base_epoch(base_state, base_images, jax.random.key(0))
+  base_state, _ = base_epoch(base_state, base_images, jax.random.key(0))
   jax.block_until_ready((state, base_state))
   lib_times, base_times, roofline = [], [], []
   for r in range(_ROUNDS.value):
@@ -600,7 +615,7 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
     lib_times.append(time.perf_counter() - start)
     start = time.perf_counter()
     for e in range(epochs):
-      base_state = base_epoch(base_state, base_images, jax.random.key(r * epochs + e))
+      base_state, _ = base_epoch(base_state, base_images, jax.random.key(r * epochs + e))
     jax.block_until_ready(base_state)
     base_times.append(time.perf_counter() - start)
     roofline.append(matmul_gflops(repeats=3))

@@ -235,6 +235,28 @@ def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_sa
   assert library <= minimal, f"{library} kernels per step; the minimal loop has {minimal}"
 
 
+def test_the_minimal_loop_that_sums_its_loss_trains_the_same():
+  """bench.py --minimal_loop_loss: the loop also sums its loss (-ELBO of binary images, so
+  positive), without changing a step."""
+  sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
+  import bench
+
+  images = jnp.asarray(data.load_mnist_5k().train_images[:200])
+  config = bench.iwae_or_elbo_config(1, batch_size=20)
+
+  def one_epoch(loss_value):  # 10 steps
+    epoch, state = bench.baseline_epoch_fn(config, 200, loss_value=loss_value)
+    (params, _), loss_sum = epoch(state, images, jax.random.key(3))
+    return params, loss_sum
+
+  with jax.numpy_rank_promotion("allow"):  # the minimal loop broadcasts its biases implicitly
+    (params, no_loss), (params_with_loss, loss_sum) = one_epoch(False), one_epoch(True)
+  assert no_loss is None
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_with_loss)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert 0 < loss_sum / 10 < 1000, loss_sum  # 784 log 2 = 543 nats at logits 0
+
+
 def test_bfloat16_networks_take_latent_samples_in_float32():
   """1.5 and 1.5 + 1e-3 are the same bfloat16 number; the first layer of every network
   that takes latent samples must still tell them apart (pixels need no such care)."""
