@@ -219,6 +219,14 @@ def test_a_call_reports_its_mean_metrics_and_its_last_gradient_norm(small_datase
   assert np.all(np.diff(per_step["gradient_norm"][0]) != 0)  # four different steps
 
 
+def import_bench():
+  """scripts/bench.py, whose minimal hand-written loop the library is measured against."""
+  sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
+  import bench
+
+  return bench
+
+
 @pytest.mark.parametrize("num_samples", [1, 50])
 def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_samples):
   """Per-step overhead (stacked metrics, a lax.cond that the GPU compiler if-converts,
@@ -226,8 +234,7 @@ def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_sa
   batch of 20 a GPU step is launch-bound, so each one costs time. Compiled for the
   current backend (CPU, or the GPU where there is one) beside scripts/bench.py's
   minimal loop of the same model and estimator."""
-  sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
-  import bench
+  bench = import_bench()
 
   with jax.numpy_rank_promotion("allow"):  # the minimal loop broadcasts its biases implicitly
     config = bench.iwae_or_elbo_config(num_samples, batch_size=20)
@@ -238,8 +245,7 @@ def test_a_step_launches_no_more_kernels_than_a_minimal_hand_written_loop(num_sa
 def test_the_minimal_loop_that_sums_its_loss_trains_the_same():
   """bench.py --minimal_loop_loss: the loop also sums its loss (-ELBO of binary images, so
   positive), without changing a step."""
-  sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
-  import bench
+  bench = import_bench()
 
   images = jnp.asarray(data.load_mnist_5k().train_images[:200])
   config = bench.iwae_or_elbo_config(1, batch_size=20)
@@ -341,7 +347,6 @@ sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 from test_train import sharded_training_run, tiny_config
 from vae_jax import data
 from vae_jax.experiment import Experiment
-from vae_jax.state import make_model
 assert jax.device_count() == int(sys.argv[2])
 results = {}
 for num_seeds in (1, 2):
