@@ -13,7 +13,7 @@ $(VENV)/installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/installed
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --numprocesses=auto --dist=worksteal
 
 train: $(VENV)/installed
 	$(PYTHON) -m experiments.train --config=experiments/configs/default.py --workdir=$(WORKDIR)

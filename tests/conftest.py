@@ -8,6 +8,8 @@ variables reach the subprocesses that the tests start. Implicit rank promotion i
 Many tests build the same small experiment, and compiling its functions again was
 most of their time, so the run shares one compilation cache (a new, empty one each
 run, removed at the end): a cached executable is the one the same program compiles to.
+`make test` runs the tests in one process per core (pytest-xdist), each with its own
+cache; on a GPU they share the device, so none may preallocate most of its memory.
 """
 
 import atexit
@@ -20,6 +22,7 @@ _COMPILATION_CACHE = tempfile.mkdtemp(prefix="vae_jax_tests_compilation_cache_")
 atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # cache small programs too
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 import jax  # noqa: E402
 

@@ -221,7 +221,9 @@ def test_a_call_reports_its_mean_metrics_and_its_last_gradient_norm(small_datase
 
 def import_bench():
   """scripts/bench.py, whose minimal hand-written loop the library is measured against."""
-  sys.path.insert(0, os.path.join(helpers.REPO, "scripts"))
+  scripts = os.path.join(helpers.REPO, "scripts")
+  if scripts not in sys.path:
+    sys.path.insert(0, scripts)
   import bench
 
   return bench
