@@ -6,8 +6,9 @@ TF32 (10-bit mantissa inputs), which moves such results by ~1e-3. The environmen
 variables reach the subprocesses that the tests start. Implicit rank promotion is a bug.
 
 Many tests build the same small experiment, and compiling its functions again was
-most of their time, so the run shares one compilation cache (a new, empty one each
-run, removed at the end): a cached executable is the one the same program compiles to.
+most of their time, so a test process and the subprocesses it starts share one
+compilation cache (a new, empty one each run, removed at the end): a cached executable
+is the one the same program compiles to.
 `make test` runs the tests in one process per core (pytest-xdist), each with its own
 cache; on a GPU they share the device, so none may preallocate most of its memory.
 """
