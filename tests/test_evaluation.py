@@ -248,6 +248,22 @@ def test_evaluate_entry_point_writes_every_field(tmp_path):
   assert "test_iwae_50" in summary and "test_active_units" in summary
 
 
+def test_eval_md_shows_counts_as_integers_and_bounds_with_their_errors():
+  page = report.markdown(
+    {
+      "dataset": "mnist",
+      "test_num_examples": 10000,
+      "test_elbo": -92.40173,
+      "test_elbo_stderr": 0.25530,
+      "test_active_units": 23,
+    },
+    "test",
+  )
+  assert "| num_examples | 10,000 |" in page
+  assert "| elbo | -92.402 ± 0.255 |" in page
+  assert "| active_units | 23 |" in page
+
+
 def test_evaluation_in_blocks_equals_one_pass():
   """The final evaluation goes through in blocks (for its progress bar); the result is
   that of one pass over the whole set."""

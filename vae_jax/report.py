@@ -380,7 +380,10 @@ def markdown(report: dict, split: str) -> str:
     if not name.startswith(f"{split}_") or name.endswith("_stderr") or isinstance(value, list):
       continue
     stderr = report.get(f"{name}_stderr")
-    shown = f"{value:.3f} ± {stderr:.3f}" if stderr is not None else f"{value:.4g}"
+    if stderr is not None:
+      shown = f"{value:.3f} ± {stderr:.3f}"
+    else:  # counts as 10,000, not 1e+04
+      shown = f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
     lines.append(f"| {name[len(split) + 1 :]} | {shown} |")
   lines += ["", "± is the standard error over examples."]
   kl = report.get(f"{split}_kl_per_dimension")  # absent where the prior does not factorize
