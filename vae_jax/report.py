@@ -260,11 +260,13 @@ def save_pictures(
   return [f"{name}.png" for name in pictures]
 
 
-def _value(report: dict[str, Any], name: str) -> str:
+def _value(report: dict[str, Any], name: str, digits: int = 2) -> str:
   value, stderr = report.get(name), report.get(f"{name}_stderr")
   if value is None:
     return "n/a"
-  return f"{value:.2f} ± {stderr:.2f}" if stderr is not None else f"{value:.4g}"
+  if stderr is not None:
+    return f"{value:.{digits}f} ± {stderr:.{digits}f}"
+  return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"  # 10,000, not 1e+04
 
 
 def _headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -379,12 +381,7 @@ def markdown(report: dict, split: str) -> str:
   for name, value in report.items():
     if not name.startswith(f"{split}_") or name.endswith("_stderr") or isinstance(value, list):
       continue
-    stderr = report.get(f"{name}_stderr")
-    if stderr is not None:
-      shown = f"{value:.3f} ± {stderr:.3f}"
-    else:  # counts as 10,000, not 1e+04
-      shown = f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-    lines.append(f"| {name[len(split) + 1 :]} | {shown} |")
+    lines.append(f"| {name[len(split) + 1 :]} | {_value(report, name, digits=3)} |")
   lines += ["", "± is the standard error over examples."]
   kl = report.get(f"{split}_kl_per_dimension")  # absent where the prior does not factorize
   if kl and isinstance(kl[0], list):
