@@ -248,7 +248,7 @@ def test_evaluate_entry_point_writes_every_field(tmp_path):
   assert "test_iwae_50" in summary and "test_active_units" in summary
 
 
-def test_eval_md_shows_counts_as_integers_and_bounds_with_their_errors():
+def test_eval_md_shows_counts_as_integers_bounds_with_their_errors_and_rounded_settings():
   page = report.markdown(
     {
       "dataset": "mnist",
@@ -256,12 +256,18 @@ def test_eval_md_shows_counts_as_integers_and_bounds_with_their_errors():
       "test_elbo": -92.40173,
       "test_elbo_stderr": 0.25530,
       "test_active_units": 23,
+      "iwae_samples": [1, 5, 50],
+      "evaluation_seconds": 180.56638677300361,
     },
     "test",
   )
   assert "| num_examples | 10,000 |" in page
   assert "| elbo | -92.402 ± 0.255 |" in page
   assert "| active_units | 23 |" in page
+  # The settings read as index.html's do: seconds rounded, absent ones left out.
+  assert "- iwae_samples: [1, 5, 50]\n" in page
+  assert "- evaluation_seconds: 180.6\n" in page
+  assert "command" not in page
 
 
 def test_evaluation_in_blocks_equals_one_pass():

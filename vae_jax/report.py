@@ -400,5 +400,6 @@ def markdown(report: dict, split: str) -> str:
     "evaluation_seconds",
     "command",
   ):
-    lines.append(f"- {name}: {report.get(name)}")
+    if name in report:
+      lines.append(f"- {name}: {_setting(report[name])}")
   return "\n".join(lines) + "\n"
