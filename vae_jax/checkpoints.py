@@ -71,7 +71,7 @@ def _quiet_failed_writes():
   """A save that fails midway (a quota, a file size limit) fails in orbax's threads, and
   the writes still in flight then report through sys.unraisablehook that their event loop
   is closed. Those reports, and only those, are dropped: during the save, and after a
-  failed one for the writes it abandoned."""
+  failed one until the process ends, since the writes it abandoned finish when they will."""
   absl_logger = logging.get_absl_logger()
   previous_hook = sys.unraisablehook
 
@@ -90,9 +90,10 @@ def _quiet_failed_writes():
     std_logging.getLogger("asyncio").addFilter(_FAILED_WRITE_REPORTS)
     warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
     raise
+  else:
+    sys.unraisablehook = previous_hook
   finally:
     absl_logger.removeFilter(_FAILED_WRITE_REPORTS)
-    sys.unraisablehook = previous_hook
 
 
 class Checkpointer:
