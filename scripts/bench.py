@@ -24,7 +24,8 @@ run, interleaved round by round so that a noisy machine affects both alike, it t
     as a minimal hand-written JAX loop (jit over a lax.scan of steps) that only takes
     gradients (--minimal_loop_loss: it also sums its loss, as the library logs it);
   - the machine's fp32 matmul throughput (2048x2048 jnp.dot), the roofline.
-It prints images/s, the ratio library / baseline, and achieved GFLOP/s
+It prints images/s, the ratio library / baseline (of the median times, and the range
+of the rounds' own ratios: a wide one says the machine's speed moved), and achieved GFLOP/s
 (multiply-adds of the dense layers, x2 for FLOPs, x3 for forward + backward)
 as a fraction of the roofline.
 
@@ -622,10 +623,14 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   images_per_round = epochs * experiment.steps_per_epoch * batch_size
   lib = images_per_round / np.median(lib_times)
   base = images_per_round / np.median(base_times)
+  # Each round's own ratio, its two loops timed back to back: their spread shows how
+  # steady the (shared) machine was during the run.
+  round_ratios = np.array(base_times) / np.array(lib_times)
   gflops = lib * train_flops_per_image(config) / 1e9
   print(
     f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} library ({config.dtype})"
     f" {lib:9.0f} img/s | minimal loop {base:9.0f} img/s | ratio {lib / base:.3f}"
+    f" (rounds {round_ratios.min():.2f}-{round_ratios.max():.2f})"
     f" | {gflops:.0f} GFLOP/s = {gflops / np.median(roofline):.2f}"
     f" of the matmul roofline ({np.median(roofline):.0f} GFLOP/s)"
   )
