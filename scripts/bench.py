@@ -10,6 +10,7 @@
   python scripts/bench.py --mode=kernels --batch_sizes=20,100   # kernels per training step
   python scripts/bench.py --mode=kernels --compile_for=h100      # the same for an H100, without one
   python scripts/bench.py --stochastic_layers=2 --batch_sizes=20 --ks=50   # Table 1's 2-layer IWAE
+  python scripts/bench.py --num_seeds=8 --batch_sizes=20 --ks=1   # 8 seeds vmapped against one
 
 Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
 Bernoulli; --stochastic_layers=2: their 784-200-200-[100]-100-100-[50] model, in the
@@ -19,7 +20,8 @@ MNIST); the ELBO at K=1 and IWAE at K>1, the KL
 sampled in both (--analytic_kl: the closed-form KL at K=1, in both). In the same
 run, interleaved round by round so that a noisy machine affects both alike, it times:
   - the library: vae_jax.experiment.Experiment.train_chunk, one epoch per call, with
-    train_and_evaluate's copy of the state before each call;
+    train_and_evaluate's copy of the state before each call (--num_seeds=N: N seeds
+    vmapped in one program, its images/s counting every seed's);
   - a baseline: the same model, optimizer, shuffling and binarization written
     as a minimal hand-written JAX loop (jit over a lax.scan of steps) that only takes
     gradients (--minimal_loop_loss: it also sums its loss, as the library logs it);
@@ -108,6 +110,12 @@ _LAYERS = flags.DEFINE_enum(
   ["1", "2"],
   "--mode=train and kernels: 1, the default model; 2, Burda et al.'s 2-layer IWAE model "
   "(784-200-200-[100]-100-100-[50]), in the library and the minimal loop.",
+)
+_NUM_SEEDS = flags.DEFINE_integer(
+  "num_seeds",
+  1,
+  "--mode=train: seeds the library trains at once (config.num_seeds, vmapped in one program), "
+  "against one seed of the minimal loop; images/s counts every seed's images.",
 )
 _ANALYTIC_KL = flags.DEFINE_bool(
   "analytic_kl", False, "K=1 (train, kernels): the analytic KL in the library and the minimal loop."
@@ -595,7 +603,9 @@ def iwae_or_elbo_config(
 def bench_training(dataset, k: int, batch_size: int) -> None:
   """The library's training epochs against the minimal loop's, interleaved round by round."""
   num_train = dataset.train_images.shape[0]
-  config = iwae_or_elbo_config(k, batch_size=batch_size, dtype=_DTYPE.value, **_model_flags())
+  config = iwae_or_elbo_config(
+    k, batch_size=batch_size, dtype=_DTYPE.value, num_seeds=_NUM_SEEDS.value, **_model_flags()
+  )
   experiment = Experiment(config, dataset)
   state = experiment.initial_state()
   keys, images, labels = experiment.train_inputs()
@@ -621,14 +631,15 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
     base_times.append(time.perf_counter() - start)
     roofline.append(matmul_gflops(repeats=3))
   images_per_round = epochs * experiment.steps_per_epoch * batch_size
-  lib = images_per_round / np.median(lib_times)
+  lib = config.num_seeds * images_per_round / np.median(lib_times)
   base = images_per_round / np.median(base_times)
   # Each round's own ratio, its two loops timed back to back: their spread shows how
   # steady the (shared) machine was during the run.
-  round_ratios = np.array(base_times) / np.array(lib_times)
+  round_ratios = config.num_seeds * np.array(base_times) / np.array(lib_times)
   gflops = lib * train_flops_per_image(config) / 1e9
+  seeds = f", {config.num_seeds} seeds" if config.num_seeds > 1 else ""
   print(
-    f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} library ({config.dtype})"
+    f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} library ({config.dtype}{seeds})"
     f" {lib:9.0f} img/s | minimal loop {base:9.0f} img/s | ratio {lib / base:.3f}"
     f" (rounds {round_ratios.min():.2f}-{round_ratios.max():.2f})"
     f" | {gflops:.0f} GFLOP/s = {gflops / np.median(roofline):.2f}"
