@@ -31,6 +31,11 @@ of the rounds' own ratios: a wide one says the machine's speed moved), and achie
 (multiply-adds of the dense layers, x2 for FLOPs, x3 for forward + backward)
 as a fraction of the roofline.
 
+Every run also appends a record to --record_dir (results/benchmarks/ by default), one
+JSON file per device and date, with the command, the commit, the device, the jax
+version and one row per printed line; docs/generate.py renders them on the docs'
+Benchmarks page.
+
 --mode=eval times the importance-sampled log-likelihood (K=5,000) of 10,000
 test images through vae_jax.evaluation (the default config's batches and
 chunks, lax.map, split over all devices), and in the same run the same
@@ -59,9 +64,13 @@ transposed inside the jitted function, and the same with hᵀ passed in as an
 argument.
 """
 
+import datetime
 import functools
+import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import jax
@@ -126,6 +135,13 @@ _LOSS_VALUE = flags.DEFINE_bool(
   "train, kernels: the minimal loop also sums its loss's value over the epoch, as the library "
   "does for its logged metrics (by default the loop only takes gradients).",
 )
+_RECORD_DIR = flags.DEFINE_string(
+  "record_dir",
+  os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "benchmarks"
+  ),
+  "Folder of the benchmark records (one JSON file per device and date); '' writes none.",
+)
 _COMPILE_FOR = flags.DEFINE_enum(
   "compile_for",
   None,
@@ -135,6 +151,64 @@ _COMPILE_FOR = flags.DEFINE_enum(
 )
 
 PIXELS = 784
+_ROWS = []  # what this run measured, one dict per printed line: the record's rows
+
+
+def report(line: str, **row) -> None:
+  """Prints a result line and keeps its numbers for the run's record."""
+  print(line, flush=True)
+  _ROWS.append(row)
+
+
+def _commit() -> str:
+  """This checkout's commit, with "+changes" when the working tree differs from it."""
+
+  def git(*args):
+    return subprocess.run(
+      ["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__)
+    ).stdout.strip()
+
+  commit = git("rev-parse", "--short", "HEAD") or "unknown"
+  return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def device_name(device) -> str:
+  """The device's kind; for a CPU, its model and core count (JAX calls every CPU "cpu")."""
+  if device.platform != "cpu":
+    return device.device_kind
+  with open("/proc/cpuinfo") as f:
+    info = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.*)$", f.read(), re.M)[:3])
+  name = info.get("model name", "CPU").strip()
+  family = f" (family {info['cpu family']}, model {info['model']})" if "model" in info else ""
+  return f"{name}{family}, {os.cpu_count()} cores"
+
+
+def write_record(device_kind: str) -> str:
+  """Appends this run to --record_dir/<device>_<date>.json and returns the file's path."""
+  today = datetime.date.today().isoformat()
+  slug = re.sub(r"[^a-z0-9]+", "-", device_kind.lower()).strip("-")
+  path = os.path.join(_RECORD_DIR.value, f"{slug}_{today}.json")
+  record = {"device": device_kind, "runs": []}
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+  run = dict(
+    date=today,
+    mode=_MODE.value,
+    command=" ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
+    commit=_commit(),
+    jax_version=jax.__version__,
+    num_devices=jax.device_count(),
+    rows=_ROWS,
+  )
+  record["runs"].append(run)
+  os.makedirs(_RECORD_DIR.value, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+    f.write("\n")
+  return path
+
+
 # Burda et al.'s 2-layer model, 784-200-200-[100]-100-100-[50] (--stochastic_layers=2); its
 # top block, 100-100-[50], is the config's default.
 TWO_LAYERS = dict(stochastic_layers=2, hidden=(200, 200), latent_dim=100)
@@ -406,15 +480,24 @@ def bench_kernels(dataset) -> None:
     for k in map(int, _KS.value):
       config = iwae_or_elbo_config(k, batch_size=batch_size, **_model_flags())
       library, baseline = step_kernels(dataset, config, device, loss_value=_LOSS_VALUE.value)
-      print(
+      report(
         f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} kernels per step:"
-        f" library {library}, minimal loop {baseline}"
+        f" library {library}, minimal loop {baseline}",
+        batch=batch_size,
+        K=k,
+        objective=_model_name(config),
+        library_kernels=library,
+        minimal_loop_kernels=baseline,
       )
   for size in _EVAL_SIZES.value:
     batch_size, chunk_size = map(int, size.split("x"))
-    print(
+    kernels = evaluation_chunk_kernels(batch_size, chunk_size, device)
+    report(
       f"IS-{_EVAL_SAMPLES} evaluation, batch {batch_size} x chunk {chunk_size}: kernels per"
-      f" chunk step {evaluation_chunk_kernels(batch_size, chunk_size, device)}"
+      f" chunk step {kernels}",
+      eval_batch=batch_size,
+      eval_chunk=chunk_size,
+      eval_kernels_per_chunk=kernels,
     )
 
 
@@ -455,12 +538,19 @@ def bench_evaluation(dataset) -> None:
           seconds.append(time.perf_counter() - start)
         library_seconds = float(np.median(seconds))
         gflops = evaluations * eval_flops_per_sample() / library_seconds / 1e9
-        print(
+        report(
           f"IS-{_EVAL_SAMPLES} of {len(images)} images, Burda 1-layer, matmuls at {precision},"
           f" batch {batch_size} x chunk {chunk_size}: {library_seconds:.3f} s"
           f" ({evaluations / library_seconds:,.0f} image x sample/s, {gflops:,.0f} GFLOP/s ="
           f" {gflops / roofline:.2f} of the {roofline:,.0f} GFLOP/s matmul roofline;"
-          f" compiling {compile_seconds:.0f} s) | mean log p(x) {float(jnp.mean(log_px)):.4f}"
+          f" compiling {compile_seconds:.0f} s) | mean log p(x) {float(jnp.mean(log_px)):.4f}",
+          precision=precision,
+          images=len(images),
+          batch=batch_size,
+          chunk=chunk_size,
+          seconds=library_seconds,
+          image_samples_per_second=evaluations / library_seconds,
+          roofline_fraction=gflops / roofline,
         )
   if not _LOOP_IMAGES.value:
     return
@@ -478,10 +568,14 @@ def bench_evaluation(dataset) -> None:
     ]
     host_logsumexp(np.concatenate(log_w)[:, 0])
   loop_seconds = (time.perf_counter() - start) / _LOOP_IMAGES.value * len(images)
-  print(
+  report(
     f"per-example loop: {loop_seconds:.0f} s extrapolated from {_LOOP_IMAGES.value} images"
     f" ({evaluations / loop_seconds:,.0f} image x sample/s), {loop_seconds / library_seconds:.1f}x"
-    " the time of the last setting above"
+    " the time of the last setting above",
+    precision="per-example loop",
+    images=len(images),
+    seconds=loop_seconds,
+    image_samples_per_second=evaluations / loop_seconds,
   )
 
 
@@ -502,10 +596,14 @@ def bench_time_to_quality() -> None:
     train_seconds += time.perf_counter() - start
     elbo = float(experiment.evaluate(state["params"], test_x, test_labels)["elbo"][0])
     if elbo > _TARGET.value:
-      print(
+      report(
         f"MNIST (dynamic binarization, 60,000 train), Burda 1-layer ELBO K=1: test ELBO"
         f" {elbo:.2f} > {_TARGET.value} after {epoch} epochs, {train_seconds:.0f} s of training"
-        f" on {jax.device_count()} {jax.devices()[0].device_kind} device(s)"
+        f" on {jax.device_count()} {jax.devices()[0].device_kind} device(s)",
+        target=_TARGET.value,
+        epochs=epoch,
+        train_seconds=train_seconds,
+        test_elbo=elbo,
       )
       return
   print(f"test ELBO {elbo:.2f} did not reach {_TARGET.value} in {_MAX_EPOCHS.value} epochs")
@@ -539,7 +637,9 @@ def bench_matmul(repeats: int = 20) -> None:
         out = fn(h, w, g, h_t)
       out.block_until_ready()
       gflops = 2 * rows * fan_in * fan_out * repeats / (time.perf_counter() - start) / 1e9
-      print(f"{dtype:8s} {name:32s} {gflops:6.0f} GFLOP/s")
+      report(
+        f"{dtype:8s} {name:32s} {gflops:6.0f} GFLOP/s", dtype=dtype, product=name, gflops=gflops
+      )
 
 
 def host_logsumexp(values: np.ndarray) -> float:
@@ -568,11 +668,14 @@ def main(argv):
   }
   if _MODE.value in other_modes:
     other_modes[_MODE.value]()
-    return
-  print(f"fp32 matmul roofline (2048x2048): {matmul_gflops():.0f} GFLOP/s")
-  for batch_size in map(int, _BATCH_SIZES.value):
-    for k in map(int, _KS.value):
-      bench_training(dataset, k, batch_size)
+  else:
+    print(f"fp32 matmul roofline (2048x2048): {matmul_gflops():.0f} GFLOP/s")
+    for batch_size in map(int, _BATCH_SIZES.value):
+      for k in map(int, _KS.value):
+        bench_training(dataset, k, batch_size)
+  if _RECORD_DIR.value:
+    device = gpu_target_device(_COMPILE_FOR.value) if _COMPILE_FOR.value else jax.devices()[0]
+    print(f"Recorded in {write_record(device_name(device))}")
 
 
 def _model_name(config) -> str:
@@ -638,12 +741,23 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
   round_ratios = config.num_seeds * np.array(base_times) / np.array(lib_times)
   gflops = lib * train_flops_per_image(config) / 1e9
   seeds = f", {config.num_seeds} seeds" if config.num_seeds > 1 else ""
-  print(
+  report(
     f"batch {batch_size:<4d} K={k:<3d} {_model_name(config):13s} library ({config.dtype}{seeds})"
     f" {lib:9.0f} img/s | minimal loop {base:9.0f} img/s | ratio {lib / base:.3f}"
     f" (rounds {round_ratios.min():.2f}-{round_ratios.max():.2f})"
     f" | {gflops:.0f} GFLOP/s = {gflops / np.median(roofline):.2f}"
-    f" of the matmul roofline ({np.median(roofline):.0f} GFLOP/s)"
+    f" of the matmul roofline ({np.median(roofline):.0f} GFLOP/s)",
+    batch=batch_size,
+    K=k,
+    objective=_model_name(config),
+    dtype=config.dtype,
+    seeds=config.num_seeds,
+    library_img_per_s=lib,
+    minimal_loop_img_per_s=base,
+    ratio=lib / base,
+    round_ratio_min=float(round_ratios.min()),
+    round_ratio_max=float(round_ratios.max()),
+    roofline_fraction=gflops / np.median(roofline),
   )
 
 
@@ -681,10 +795,16 @@ def bench_precision(dataset) -> None:
       )
       elbo, iwae = float(np.mean(examples["elbo"])), float(np.mean(examples["iwae_50"]))
       results[dtype, seed] = np.array([rate, elbo, iwae])
-      print(
+      report(
         f"{dtype:8s} seed {seed}: IWAE K=50, {_BUDGET_EPOCHS.value} epochs of"
         f" {experiment.num_train} images: {rate:6.0f} img/s, {seconds:.0f} s,"
-        f" test ELBO {elbo:.2f}, test IWAE-50 {iwae:.2f}"
+        f" test ELBO {elbo:.2f}, test IWAE-50 {iwae:.2f}",
+        dtype=dtype,
+        seed=seed,
+        epochs=_BUDGET_EPOCHS.value,
+        img_per_s=rate,
+        test_elbo=elbo,
+        test_iwae_50=iwae,
       )
   paired = [results["bfloat16", seed] - results["float32", seed] for seed in (0, 1)]
   spread = np.abs(results["float32", 1] - results["float32", 0])

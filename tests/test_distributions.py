@@ -211,6 +211,79 @@ def test_discretized_logistic_mixture():
   np.testing.assert_allclose(total, 0.0, atol=2e-5)
 
 
+# A component whose mean sits exactly on the upper edge of bin 10, at a vanishing scale:
+# half its mass on each side of the edge (issue 57 found NaN here at log-scale -100).
+EDGE_OF_BIN_10 = np.float32(21 / 255 - 1)
+
+
+@pytest.mark.parametrize("log_scale", [-100.0, -20.0])
+def test_discretized_logistic_at_a_vanishing_scale_on_a_bin_edge(log_scale):
+  got = vae_jax.log_discretized_logistic_mixture(
+    np.array([[10]]),
+    np.zeros((1, 1, 1), np.float32),
+    np.full((1, 1, 1), EDGE_OF_BIN_10),
+    np.full((1, 1, 1), log_scale, np.float32),
+  )
+  np.testing.assert_allclose(got, [np.log(0.5)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("log_scale", [-1e4, -100.0, -80.0, -20.0, -7.0, 0.0, 7.0, 20.0, 80.0, 1e4])
+@pytest.mark.parametrize(
+  "mean", [EDGE_OF_BIN_10, np.float32(0.0), np.float32(-1.5), np.float32(2.0)]
+)
+def test_discretized_logistic_values_and_gradients_are_finite_at_any_log_scale(mean, log_scale):
+  x = jnp.array([[0, 10, 11, 127, 128, 254, 255]])
+  logits = jnp.zeros((1, 7, 2))
+
+  def log_p(means, log_scales, logits):
+    return jnp.sum(vae_jax.log_discretized_logistic_mixture(x, logits, means, log_scales))
+
+  means = jnp.full((1, 7, 2), mean).at[..., 1].set(0.3)  # a second component elsewhere
+  log_scales = jnp.full((1, 7, 2), np.float32(log_scale))
+  assert np.isfinite(log_p(means, log_scales, logits))
+  grads = jax.grad(log_p, argnums=(0, 1, 2))(means, log_scales, logits)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize("log_scale", [20.0, 80.0, 1e4])
+def test_discretized_logistic_of_a_very_wide_logistic_is_its_density_times_the_bin(log_scale):
+  """At scale s >> 1 an interior bin's mass is its width 2/255 times the density at the
+  mean, 1/(4s): log P = log(2/255 / 4) - log s, no longer log 0 when 1 - exp(-2/(255 s))
+  underflows."""
+  got = vae_jax.log_discretized_logistic(jnp.array([[100]]), 0.0, jnp.float32(log_scale))
+  np.testing.assert_allclose(got, [np.log(2 / 255 / 4) - log_scale], rtol=1e-6)
+
+
+def test_values_outside_the_range_have_probability_zero():
+  logits = jnp.zeros((1, 2, 256))
+  # -1 is not the last class, nor is 256 NaN: both are impossible values.
+  assert vae_jax.log_categorical(jnp.array([[-1, 0]]), logits)[0] == -np.inf
+  assert vae_jax.log_categorical(jnp.array([[256, 0]]), logits)[0] == -np.inf
+  np.testing.assert_allclose(
+    vae_jax.log_categorical(jnp.array([[3, 0]]), logits), [2 * np.log(1 / 256)], rtol=1e-6
+  )
+  grad = jax.grad(lambda l: vae_jax.log_categorical(jnp.array([[256, 0]]), l)[0])(logits)
+  assert np.all(np.isfinite(grad))
+  for x in ([[-1, 0]], [[256, 0]], [[0, 300]]):
+    args = (jnp.zeros((1, 2)), jnp.full((1, 2), -3.0))
+    assert vae_jax.log_discretized_logistic(jnp.array(x), *args)[0] == -np.inf
+    mixture = (jnp.zeros((1, 2, 3)), jnp.zeros((1, 2, 3)), jnp.full((1, 2, 3), -3.0))
+    assert vae_jax.log_discretized_logistic_mixture(jnp.array(x), *mixture)[0] == -np.inf
+    grads = jax.grad(
+      lambda *p: vae_jax.log_discretized_logistic_mixture(jnp.array(x), *p)[0], argnums=(0, 1, 2)
+    )(*mixture)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_uint8_pixels_into_256_classes_are_not_masked():
+  """A uint8 cannot leave [0, 255]: the categorical is then the plain log-softmax gather."""
+  x = RNG.integers(0, 256, size=(2, 9)).astype(np.uint8)
+  logits = RNG.normal(size=(2, 9, 256)).astype(np.float32)
+  log_softmax = jax.nn.log_softmax(logits, axis=-1)
+  expected = jnp.sum(jnp.take_along_axis(log_softmax, x[..., None].astype(np.int32), -1), (-2, -1))
+  np.testing.assert_array_equal(vae_jax.log_categorical(x, logits), expected)
+
+
 def test_log_categorical_matches_log_softmax():
   logits = RNG.normal(size=(3, 8, 256)).astype(np.float32)
   x = RNG.integers(0, 256, size=(3, 8))

@@ -113,6 +113,7 @@ class Checkpointer:
     )
 
   def latest_step(self) -> int | None:
+    """The step of the newest checkpoint, or None where there is none."""
     return self.manager.latest_step()
 
   def _read_digests(self) -> dict[str, dict[str, str]]:
@@ -214,4 +215,5 @@ class Checkpointer:
     )
 
   def close(self) -> None:
+    """Waits for pending saves and releases the checkpoint manager."""
     self.manager.close()

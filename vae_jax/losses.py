@@ -47,7 +47,9 @@ def iwae_loss(config: ml_collections.ConfigDict, *, warmup_steps: int):
   return loss_fn
 
 
+#: The built-in objectives by name, each a factory `(config, *, warmup_steps) -> loss_fn`.
 LOSSES = {"elbo": elbo_loss, "iwae": iwae_loss}
+#: The values of config.objective.
 OBJECTIVES = tuple(LOSSES)
 
 

@@ -47,6 +47,7 @@ class MetricWriter:
     )
 
   def write(self, step: int, scalars: Mapping[str, float | list[float]]) -> None:
+    """Appends one record to metrics.jsonl and its scalars to TensorBoard."""
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
     for name, value in scalars.items():
@@ -60,5 +61,6 @@ class MetricWriter:
     self.tensorboard.flush()
 
   def close(self) -> None:
+    """Flushes and closes both files."""
     self.jsonl.close()
     self.tensorboard.close()

@@ -45,22 +45,22 @@ class LatentVariableModel(Protocol):
   data; keys come first, sample counts are keyword-only.
   """
 
-  image_shape: tuple[int, ...]  # of one example: [height, width, channels]
-  latent_dim: int  # the size of the z that encode returns and decode_mean takes
-  num_classes: int  # > 0: a conditional model; every method then needs labels
-  has_analytic_kl: bool  # elbo_terms(analytic_kl=True) works, and p(z) is N(0, I)
-  integer_data: bool  # the model reads 8-bit integers (else floats in [0, 1])
+  image_shape: tuple[int, ...]  #: of one example, [height, width, channels]
+  latent_dim: int  #: the size of the z that encode returns and decode_mean takes
+  num_classes: int  #: > 0 for a conditional model, whose every method then needs labels
+  has_analytic_kl: bool  #: elbo_terms(analytic_kl=True) works, and p(z) is N(0, I)
+  integer_data: bool  #: the model reads 8-bit integers (else floats in [0, 1])
 
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(mean, logvar) of q(z|x), each [batch, latent_dim]."""
 
   def decode_mean(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    """Mean images of p(x|z) in [0, 1], [batch, *image_shape]."""
+    """Mean images of p(x|z) in [0, 1], `[batch, *image_shape]`."""
 
   def decode_prior(
     self, key: jax.Array, labels: jax.Array | None = None, *, num_samples: int
   ) -> jax.Array:
-    """Mean images of p(x|z) at draws from the prior, [num_samples, *image_shape]."""
+    """Mean images of p(x|z) at draws from the prior, `[num_samples, *image_shape]`."""
 
   def elbo_terms(
     self,
@@ -91,7 +91,7 @@ class LatentVariableModel(Protocol):
     """The IWAE bound per example, with the gradient of `estimator`, [batch]."""
 
 
-# The protocol's attributes, then its methods, read off the class.
+#: The protocol's attributes, then its methods, read off the class; check_model asks for each.
 PROTOCOL_MEMBERS = tuple(LatentVariableModel.__annotations__) + tuple(
   name for name, member in vars(LatentVariableModel).items() if callable(member) and name[0] != "_"
 )
@@ -271,7 +271,7 @@ class VAE(_ImageModel):
     return self.likelihood.log_prob(x.reshape(x.shape[0], -1), self.decoder_output(z, labels))
 
   def decode_mean(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    """The mean image of p(x|z) in [0, 1], [batch, *image_shape]: for pictures."""
+    """The mean image of p(x|z) in [0, 1], `[batch, *image_shape]`: for pictures."""
     return self.likelihood.mean(self.decoder_output(z, labels)).reshape(
       z.shape[0], *self.image_shape
     )
@@ -298,6 +298,8 @@ class VAE(_ImageModel):
     analytic_kl: bool = True,
     estimator: str = "reparam",
   ) -> objectives.ElboTerms:
+    """The ELBO's reconstruction and KL terms per example (objectives.elbo_terms), with
+    the model's prior."""
     return objectives.elbo_terms(
       key,
       x,
@@ -338,7 +340,7 @@ class VAE(_ImageModel):
   def decode_prior(
     self, key: jax.Array, labels: jax.Array | None = None, *, num_samples: int
   ) -> jax.Array:
-    """Mean images of p(x|z) for z drawn from the prior: [num_samples, *image_shape]."""
+    """Mean images of p(x|z) for z drawn from the prior: `[num_samples, *image_shape]`."""
     return self.decode_mean(self.prior.sample(key, num_samples, self.encode), labels)
 
 
@@ -406,7 +408,7 @@ class TwoStochasticLayerVAE(_ImageModel):
     return mean, logvar
 
   def decode_mean(self, h1: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    """The mean image of p(x|h1) in [0, 1], [batch, *image_shape]."""
+    """The mean image of p(x|h1) in [0, 1], `[batch, *image_shape]`."""
     out = self._f32(self.p_x, h1).reshape(h1.shape[0], math.prod(self.image_shape), -1)
     return self.likelihood.mean(out).reshape(h1.shape[0], *self.image_shape)
 

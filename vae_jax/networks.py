@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+#: The values of config.activation.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "tanh": jnp.tanh,
   "relu": jax.nn.relu,
@@ -17,6 +18,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation function called `name` (one of ACTIVATIONS)."""
   if name not in ACTIVATIONS:
     raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
   return ACTIVATIONS[name]
@@ -28,7 +30,7 @@ class MLP(nnx.Module):
   `dtype` is the precision of the matmuls (float32 accumulation either way);
   `float32_first_layer` keeps the first one in float32 whatever `dtype` is: the
   networks that take latent samples use it, because bfloat16's 8-bit mantissa
-  would move a sample z by up to |z|/256, a sizeable part of a posterior
+  would move a sample z by up to abs(z)/256, a sizeable part of a posterior
   standard deviation (it cost IWAE K=50 about 3 nats of test ELBO).
   """
 

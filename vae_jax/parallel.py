@@ -58,6 +58,7 @@ def make_mesh(num_seeds: int, devices=None) -> jax.sharding.Mesh:
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """The sharding of an array that every device of mesh holds whole."""
   return NamedSharding(mesh, PartitionSpec())
 
 

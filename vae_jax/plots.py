@@ -17,8 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-MIN_IMAGE_PIXELS = 56  # a 28-pixel digit is shown 2x: readable on a high-DPI screen
-LOG_SCALE_EPOCHS = 1000  # training curves this long get a log epoch axis
+#: Images are scaled up to at least this height (a 28-pixel digit is shown 2x).
+MIN_IMAGE_PIXELS = 56
+#: Training curves of this many epochs or more get a log epoch axis.
+LOG_SCALE_EPOCHS = 1000
 
 
 def image_grid(
@@ -55,7 +57,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def annotate(picture: np.ndarray, title: str, *, row_labels: list[str] | None = None) -> np.ndarray:
-  """The picture on a white RGB canvas with `title` (lines split at "\n") above it and,
+  """The picture on a white RGB canvas with `title` (lines split at "\\n") above it and,
   when given, one label left of each of its equally tall rows."""
   picture = np.asarray(picture, np.uint8)
   if picture.shape[-1] == 1:

@@ -13,7 +13,9 @@ from flax import nnx
 
 from vae_jax import distributions
 
+#: The values of config.prior.
 PRIORS = ("standard_normal", "mixture", "vampprior")
+#: encode(x) -> (mean, logvar) of q(z|x), as in vae_jax.objectives.
 Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
@@ -40,15 +42,24 @@ def _sample_components(key, log_weights, means, logvars, num_samples):
 
 
 class StandardNormal(nnx.Module):
-  """p(z) = N(0, I): no parameters."""
+  """p(z) = N(0, I): no parameters.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from vae_jax import priors
+    >>> priors.StandardNormal(2).log_prob(jnp.zeros((1, 2)))   # -log(2 pi)
+    Array([-1.838], dtype=float32)
+  """
 
   def __init__(self, latent_dim: int):
     self.latent_dim = latent_dim
 
   def log_prob(self, z: jax.Array, encode: Encoder | None = None) -> jax.Array:
+    """log p(z) for z [..., latent]: [...]."""
     return distributions.log_standard_normal(z)
 
   def sample(self, key: jax.Array, num_samples: int, encode: Encoder | None = None) -> jax.Array:
+    """num_samples draws from p(z), [num_samples, latent]."""
     return jax.random.normal(key, (num_samples, self.latent_dim))
 
 
@@ -57,6 +68,14 @@ class MixtureOfGaussians(nnx.Module):
 
   The means start as draws from N(0, I), the variances at 1 and the weights equal, so
   that the prior starts close to N(0, I) (Tomczak & Welling 2018, "MoG prior").
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from vae_jax import priors
+    >>> prior = priors.MixtureOfGaussians(2, num_components=10, rngs=nnx.Rngs(0))
+    >>> prior.log_prob(jnp.zeros((5, 3, 2))).shape, prior.sample(jax.random.key(1), 4).shape
+    ((5, 3), (4, 2))
   """
 
   def __init__(self, latent_dim: int, *, num_components: int, rngs: nnx.Rngs):
@@ -66,10 +85,12 @@ class MixtureOfGaussians(nnx.Module):
     self.logits = nnx.Param(jnp.zeros((num_components,)))
 
   def log_prob(self, z: jax.Array, encode: Encoder | None = None) -> jax.Array:
+    """log p(z) for z [..., latent]: [...]."""
     log_weights = jax.nn.log_softmax(self.logits[...])
     return log_mixture_of_gaussians(z, log_weights, self.means[...], self.logvars[...])
 
   def sample(self, key: jax.Array, num_samples: int, encode: Encoder | None = None) -> jax.Array:
+    """num_samples draws from p(z), [num_samples, latent]."""
     log_weights = jax.nn.log_softmax(self.logits[...])
     return _sample_components(key, log_weights, self.means[...], self.logvars[...], num_samples)
 
@@ -83,6 +104,15 @@ class VampPrior(nnx.Module):
 
   References:
     Tomczak & Welling 2018, "VAE with a VampPrior", https://arxiv.org/abs/1705.07120.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from vae_jax import priors
+    >>> prior = priors.VampPrior((28, 28, 1), num_components=50, rngs=nnx.Rngs(0))
+    >>> encode = lambda x: (jnp.mean(x, axis=(1, 2)), jnp.zeros((x.shape[0], 1)))  # any encoder
+    >>> prior.log_prob(jnp.zeros((4, 3, 1)), encode).shape
+    (4, 3)
   """
 
   def __init__(self, image_shape: Sequence[int], *, num_components: int, rngs: nnx.Rngs):
@@ -95,11 +125,13 @@ class VampPrior(nnx.Module):
     return encode(jnp.clip(self.pseudo_inputs[...], 0.0, 1.0))
 
   def log_prob(self, z: jax.Array, encode: Encoder | None = None) -> jax.Array:
+    """log p(z) for z [..., latent]: [...]."""
     means, logvars = self._components(encode)
     uniform = jnp.full(means.shape[:1], -jnp.log(means.shape[0]), means.dtype)
     return log_mixture_of_gaussians(z, uniform, means, logvars)
 
   def sample(self, key: jax.Array, num_samples: int, encode: Encoder | None = None) -> jax.Array:
+    """num_samples draws from p(z), [num_samples, latent]."""
     means, logvars = self._components(encode)
     uniform = jnp.zeros(means.shape[:1], means.dtype)
     return _sample_components(key, uniform, means, logvars, num_samples)

@@ -25,6 +25,7 @@ def _bar_class():
 
 
 def format_duration(seconds: float) -> str:
+  """'1h02m03s', or '2m03s' under an hour."""
   minutes, seconds = divmod(int(round(seconds)), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
@@ -48,6 +49,7 @@ class Progress:
       )
 
   def update(self, count: int, **postfix) -> None:
+    """Advances by count units; postfix values show beside the bar."""
     self.done += count
     if self.bar is not None:
       self.bar.update(count)
@@ -74,6 +76,7 @@ class Progress:
 
   @property
   def interactive(self) -> bool:
+    """Whether progress shows as a bar (a terminal or a notebook), not as log lines."""
     return self.bar is not None
 
   def write(self, message: str) -> None:

@@ -67,6 +67,7 @@ def learning_rate_schedule(
 def make_optimizer(
   config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
+  """Adam with the config's learning-rate schedule and moments."""
   return optax.adam(
     learning_rate_schedule(config, steps_per_epoch),
     b1=config.adam_b1,

@@ -1,5 +1,8 @@
 """Test-wide JAX settings: float32 matmuls at full precision, rank promotion an error.
 
+At the repository's root, so that they hold for the tests, the docstrings' examples
+(`--doctest-modules`) and the docs pages' examples (`--doctest-glob='*.md'`) alike.
+
 The tests check exact math (closed forms, path gradients that vanish, bit-identical
 resumes), so float32 matmuls are pinned to float32: on an NVIDIA GPU JAX's default is
 TF32 (10-bit mantissa inputs), which moves such results by ~1e-3. The environment
@@ -29,3 +32,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "float32")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The docs' Sphinx configuration and its generated and built pages are not tests.
+collect_ignore = ["docs/conf.py", "docs/generate.py"]
+collect_ignore_glob = ["docs/_build/*", "docs/_generated/*"]

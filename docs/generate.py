@@ -1,0 +1,384 @@
+"""Writes the docs' generated pages from the code and from the files under results/.
+
+  python docs/generate.py    # re-renders the README's Table 1 and speed line from results/
+
+`make docs` calls write_all at every build (docs/conf.py): the API pages, the config
+fields (from vae_jax/config.py's own comments), the reproduction table (from
+results/*/eval.json), the benchmark tables (from the records scripts/bench.py writes
+under results/benchmarks/) and copies of the notebooks. Nothing here is kept by hand,
+so no page can drift from the files it shows.
+"""
+
+import ast
+import glob
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The API reference: each module's page, in reading order.
+API_SECTIONS = {
+  "The pure API": ("objectives", "distributions", "likelihoods", "priors"),
+  "Models": ("models", "networks"),
+  "Training": ("config", "losses", "train", "experiment", "state", "checkpoints", "metrics"),
+  "Evaluation and pictures": ("evaluation", "report", "plots"),
+  "Data, devices and progress": ("data", "parallel", "progress"),
+}
+
+# Burda, Grosse & Salakhutdinov 2015 (arXiv:1509.00519), Table 1: test log p(x) by IS-5000
+# on dynamically binarized MNIST, 3,280 epochs. The only copy of the paper's numbers.
+BURDA2015_TABLE1 = {
+  "burda2015_vae_k1": ("VAE, k=1", -86.76),
+  "burda2015_iwae_k50": ("IWAE, k=50", -84.78),
+  "burda2015_iwae_k50_2layer": ("IWAE, 2 layers, k=50", -82.90),
+}
+README_TABLE_BEGIN = "<!-- table1: python docs/generate.py renders it from results/*/eval.json -->"
+README_TABLE_END = "<!-- /table1 -->"
+README_SPEED_BEGIN = "<!-- speed: python docs/generate.py renders it from results/benchmarks -->"
+README_SPEED_END = "<!-- /speed -->"
+
+
+def public_names(module) -> list[str]:
+  """The names a module defines and does not mark private, in source order: its functions,
+  classes and module-level constants (imported names are left to their own module)."""
+  tree = ast.parse(inspect.getsource(module))
+  names = []
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      names.append(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      names += [t.id for t in targets if isinstance(t, ast.Name)]
+  return [name for name in names if not name.startswith("_")]
+
+
+def _directive(module, name: str) -> str:
+  obj = getattr(module, name)
+  if inspect.isclass(obj):
+    return "autoclass"
+  if inspect.isfunction(obj):
+    return "autofunction"
+  return "autodata"
+
+
+def api_page(module_name: str) -> str:
+  """One module's API page: its docstring, a summary table, then every public name."""
+  module = importlib.import_module(f"vae_jax.{module_name}")
+  names = public_names(module)
+  lines = [
+    f"# vae_jax.{module_name}",
+    "",
+    "```{eval-rst}",
+    f".. automodule:: vae_jax.{module_name}",
+    "   :no-members:",
+    "",
+    f".. currentmodule:: vae_jax.{module_name}",
+    "",
+    ".. autosummary::",
+    "   :nosignatures:",
+    "",
+    *(f"   {name}" for name in names),
+    "",
+  ]
+  for name in names:
+    lines += [f".. {_directive(module, name)}:: {name}", ""]
+  return "\n".join(lines + ["```", ""])
+
+
+def api_index() -> str:
+  """The API reference's front page: the package's re-exports, then the modules by section."""
+  import vae_jax
+
+  defined_in = {
+    name: module
+    for module in ("objectives", "distributions")
+    for name in public_names(importlib.import_module(f"vae_jax.{module}"))
+  }
+  exported = [
+    f"   ~vae_jax.{defined_in[name]}.{name}" for name in vars(vae_jax) if name in defined_in
+  ]
+  lines = [
+    "# API reference",
+    "",
+    "Every public name of vae_jax, from its docstring. `import vae_jax` gives the pure",
+    "functions (objectives and distributions) at the top level:",
+    "",
+    "```{eval-rst}",
+    ".. autosummary::",
+    "   :nosignatures:",
+    "",
+    *exported,
+    "```",
+    "",
+  ]
+  for section, modules in API_SECTIONS.items():
+    lines += [f"## {section}", "", "```{toctree}", ":maxdepth: 1", ""]
+    lines += [f"vae_jax.{m}" for m in modules] + ["```", ""]
+  return "\n".join(lines)
+
+
+_FIELD = re.compile(r"^\s*config\.(\w+) = (.*?)(?:\s+#\s*(.*))?$")
+_COMMENT = re.compile(r"^\s*# ?(.*)$")
+
+
+def config_fields() -> list[tuple[str, list[tuple[str, str, str]]]]:
+  """get_default_config's fields by section, each (name, default, description), read off
+  vae_jax/config.py: a comment block after a blank line opens a section; a comment block
+  right after a field describes the next field; a field's own trailing comment is its
+  description."""
+  from vae_jax import config as config_lib
+
+  defaults = config_lib.get_default_config()
+  source = inspect.getsource(config_lib.get_default_config).splitlines()
+  sections, note, previous_blank = [], [], False
+  for line in source:
+    comment, field = _COMMENT.match(line), _FIELD.match(line)
+    if not line.strip():
+      previous_blank = True
+    elif comment:
+      if previous_blank and not note:
+        sections.append((comment.group(1), []))
+      else:
+        note.append(comment.group(1))
+      previous_blank = False
+    elif field:
+      name, _, description = field.groups()
+      text = ": ".join(part for part in (description, " ".join(note)) if part)
+      sections[-1][1].append((name, repr(defaults[name]).replace("'", '"'), text))
+      note, previous_blank = [], False
+  return sections
+
+
+def config_fields_md() -> str:
+  """The config fields as Markdown tables, one per section."""
+  lines = []
+  for header, fields in config_fields():
+    lines += [f"**{header}**", "", "| field | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{n}` | `{d}` | {t.replace('|', '&#124;')} |" for n, d, t in fields]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def _nats(value: float, digits: int = 2) -> str:
+  return f"{value:.{digits}f}".replace("-", "−")
+
+
+def table1_rows() -> list[dict]:
+  """Burda et al.'s Table 1 beside each published run's eval.json."""
+  rows = []
+  for run, (model, paper) in BURDA2015_TABLE1.items():
+    with open(os.path.join(ROOT, "results", run, "eval.json")) as f:
+      report = json.load(f)
+    with open(os.path.join(ROOT, "results", run, "summary.json")) as f:
+      training = {k: v for k, v in json.load(f).items() if k.startswith("training_seconds")}
+    rows.append(dict(run=run, model=model, paper=paper, **report, **training))
+  return rows
+
+
+def table1_md(*, link: bool) -> str:
+  """The Table 1 reproduction as Markdown; link: the run column links to results/<run>
+  (from the README), else names the folder."""
+  lines = [
+    "| model | paper | IS-5000 here | IWAE-50 | ELBO | epochs | run |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in table1_rows():
+    lines.append(
+      f"| {r['model']} | {_nats(r['paper'])} | {_nats(r['test_log_likelihood'])} ± "
+      f"{r['test_log_likelihood_stderr']:.2f} | {_nats(r['test_iwae_50'])} | "
+      f"{_nats(r['test_elbo'])} | {int(r['epochs']):,} | "
+      + (f"[{r['run']}](results/{r['run']})" if link else f"`results/{r['run']}/`")
+      + " |"
+    )
+  return "\n".join(lines)
+
+
+def table1_details_md() -> str:
+  """What the docs page adds under the table: how each row was evaluated."""
+  lines = []
+  for r in table1_rows():
+    lines.append(
+      f"- `{r['run']}`: {r['test_num_examples']:,} test images of {r['dataset']} "
+      f"({r['binarization']} binarization, test set binarized once with seed "
+      f"{r['binarization_seed']}), IS with {r['log_likelihood_num_samples']:,} samples "
+      f"(Monte Carlo error of the estimate {r['test_log_likelihood_mc_stderr']:.2f} nats), "
+      f"{r['test_active_units']} active units; evaluated on {r['device']} in "
+      f"{r['evaluation_seconds']:.0f} s by `{r['command']}`. Trained for "
+      f"{r['training_seconds'] / 60:,.0f} minutes"
+      + (
+        " ("
+        + ", ".join(
+          f"{device}: {seconds / 60:,.0f}"
+          for device, seconds in r.get("training_seconds_by_device", {}).items()
+        )
+        + ")"
+        if len(r.get("training_seconds_by_device", {})) > 1
+        else ""
+      )
+      + f"; which device ran which epochs: `results/{r['run']}/HISTORY.md`."
+    )
+  return "\n".join(lines)
+
+
+def readme_table1() -> str:
+  """The README's Table 1 block, markers included."""
+  return f"{README_TABLE_BEGIN}\n{table1_md(link=True)}\n{README_TABLE_END}"
+
+
+def speed_line() -> str:
+  """One sentence: the library's training speed against the minimal hand-written JAX loop,
+  from the newest training record of the one-layer model on each device."""
+  newest = {}
+  for run in benchmark_records():  # newest first
+    rows = [r for r in run["rows"] if "ratio" in r and "2 layers" not in r["objective"]]
+    if run["mode"] == "train" and rows and run["device"] not in newest:
+      newest[run["device"]] = (run, [r["ratio"] for r in rows if r.get("seeds", 1) == 1])
+  parts = [
+    f"{min(ratios):.2f}-{max(ratios):.2f}x on {device} ({run['date']})"
+    for device, (run, ratios) in newest.items()
+  ]
+  return (
+    "vae_jax trains at the speed of a minimal hand-written JAX loop of the same model"
+    f" and estimator: {'; '.join(parts)}, batches of 20 and 100, K = 1 and 50."
+  )
+
+
+def readme_speed() -> str:
+  """The README's speed block, markers included."""
+  return f"{README_SPEED_BEGIN}\n{speed_line()}\n{README_SPEED_END}"
+
+
+MODE_TITLES = {
+  "train": "Training throughput",
+  "kernels": "Kernels per step",
+  "eval": "IS-5000 evaluation",
+  "quality": "Time to a test ELBO",
+  "precision": "bfloat16 against float32",
+  "matmul": "Dense-layer products",
+}
+# Record fields as table headers; a field not named here shows under its own name.
+COLUMNS = {
+  "objective": "model",
+  "library_img_per_s": "library img/s",
+  "minimal_loop_img_per_s": "minimal loop img/s",
+  "ratio": "ratio",
+  "rounds": "rounds",
+  "roofline_fraction": "of matmul roofline",
+  "library_kernels": "library kernels",
+  "minimal_loop_kernels": "minimal loop kernels",
+  "eval_batch": "eval batch",
+  "eval_chunk": "eval chunk",
+  "eval_kernels_per_chunk": "eval kernels per chunk",
+  "image_samples_per_second": "image·samples/s",
+  "img_per_s": "img/s",
+  "train_seconds": "training s",
+  "test_iwae_50": "test IWAE-50",
+  "test_elbo": "test ELBO",
+}
+
+
+def _format(name: str, value) -> str:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return str(value)
+  if name in ("ratio", "roofline_fraction", "seconds"):
+    return f"{value:.3f}" if name != "roofline_fraction" else f"{value:.2f}"
+  if isinstance(value, float) and abs(value) < 1000:
+    return f"{value:,.2f}"
+  return f"{value:,.0f}"
+
+
+def _table(rows: list[dict]) -> list[str]:
+  """Rows of one run as a Markdown table; the rounds' ratio range is one column."""
+  rows = [dict(r) for r in rows]
+  for r in rows:
+    if "round_ratio_min" in r:
+      r["rounds"] = f"{r.pop('round_ratio_min'):.2f}-{r.pop('round_ratio_max'):.2f}"
+  columns = list(dict.fromkeys(c for r in rows for c in r))
+  lines = ["| " + " | ".join(COLUMNS.get(c, c) for c in columns) + " |"]
+  lines.append("|" + "---|" * len(columns))
+  for r in rows:
+    lines.append("| " + " | ".join(_format(c, r[c]) if c in r else "" for c in columns) + " |")
+  return lines
+
+
+def benchmark_records() -> list[dict]:
+  """Every run that scripts/bench.py recorded, newest first."""
+  runs = []
+  for path in glob.glob(os.path.join(ROOT, "results", "benchmarks", "*.json")):
+    with open(path) as f:
+      record = json.load(f)
+    for run in record["runs"]:
+      runs.append(dict(run, file=os.path.relpath(path, ROOT), device=record["device"]))
+  return sorted(runs, key=lambda run: run["date"], reverse=True)
+
+
+def benchmarks_md() -> str:
+  """The recorded runs by device, newest first, each a table under its command and commit."""
+  lines = []
+  runs = benchmark_records()
+  for device in dict.fromkeys(run["device"] for run in runs):
+    lines += [f"### {device}", ""]
+    for run in (r for r in runs if r["device"] == device):
+      lines += [
+        f"**{MODE_TITLES.get(run['mode'], run['mode'])}, {run['date']}**:"
+        f" `{run['command']}` at commit `{run['commit']}`, jax {run['jax_version']},"
+        f" {run['num_devices']} device(s) (`{run['file']}`).",
+      ]
+      if run.get("note"):
+        lines += ["", run["note"]]
+      lines += ["", *_table(run["rows"]), ""]
+  return "\n".join(lines)
+
+
+def write_all(out: str) -> None:
+  """Writes every generated page under out (docs/_generated)."""
+  shutil.rmtree(out, ignore_errors=True)
+  os.makedirs(os.path.join(out, "api"))
+  with open(os.path.join(out, "api", "index.md"), "w") as f:
+    f.write(api_index())
+  for modules in API_SECTIONS.values():
+    for module in modules:
+      with open(os.path.join(out, "api", f"vae_jax.{module}.md"), "w") as f:
+        f.write(api_page(module))
+  # Fragments that the hand-written pages include (docs/conf.py excludes them as pages).
+  os.makedirs(os.path.join(out, "fragments"))
+  pages = {
+    "config_fields.md": config_fields_md(),
+    "table1.md": table1_md(link=False) + "\n\n" + table1_details_md(),
+    "benchmarks.md": benchmarks_md(),
+  }
+  for name, text in pages.items():
+    with open(os.path.join(out, "fragments", name), "w") as f:
+      f.write(text + "\n")
+  notebooks = os.path.join(out, "notebooks")
+  os.makedirs(notebooks)
+  for path in sorted(glob.glob(os.path.join(ROOT, "experiments", "notebooks", "*.ipynb"))):
+    shutil.copy(path, notebooks)
+
+
+def update_readme() -> None:
+  """Rewrites the README's rendered blocks: Table 1 from the eval.json files, the speed
+  line from the benchmark records."""
+  path = os.path.join(ROOT, "README.md")
+  with open(path) as f:
+    text = f.read()
+  for begin, end, render in (
+    (README_TABLE_BEGIN, README_TABLE_END, readme_table1),
+    (README_SPEED_BEGIN, README_SPEED_END, readme_speed),
+  ):
+    pattern = re.escape(begin) + ".*?" + re.escape(end)
+    if not re.search(pattern, text, flags=re.DOTALL):
+      sys.exit(f"README.md has no block between {begin!r} and {end!r}.")
+    text = re.sub(pattern, lambda _, render=render: render(), text, flags=re.DOTALL)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, ROOT)
+  update_readme()
