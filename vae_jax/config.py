@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data, likelihoods, losses, networks, objectives, priors
+from vae_jax import data, likelihoods, losses, networks, objectives, posteriors, priors
 
 #: The values of config.lr_schedule.
 LR_SCHEDULES = ("constant", "cosine", "burda")
@@ -55,6 +55,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.conditional = False  # condition encoder and decoder on the one-hot label (CVAE)
   config.prior = "standard_normal"  # "standard_normal" | "mixture" | "vampprior" (priors.py)
   config.prior_components = 500  # mixture components / VampPrior pseudo-inputs
+  # q(z|x): "diagonal" (the analytic KL) | "full_covariance" (a Cholesky factor from the
+  # encoder) | "iaf" (Kingma et al. 2016's inverse autoregressive flow); see posteriors.py.
+  config.posterior = "diagonal"
+  config.flow_steps = 2  # IAF steps (posterior="iaf")
 
   # Objective.
   config.objective = "elbo"  # a name in vae_jax.losses.LOSSES: "elbo" | "iwae"
@@ -155,9 +159,10 @@ def _check_model(config) -> None:
   _choice(config, "stochastic_layers", (1, 2))
   _choice(config, "dtype", ("float32", "bfloat16"))
   _choice(config, "prior", priors.PRIORS)
+  _choice(config, "posterior", posteriors.POSTERIORS)
   for name in ("hidden", "conv_channels", "top_hidden"):
     _layer_sizes(config, name)
-  for name in ("latent_dim", "top_latent_dim", "num_components", "prior_components"):
+  for name in ("latent_dim", "top_latent_dim", "num_components", "prior_components", "flow_steps"):
     _at_least(config, name, 1)
   for name in ("matmul_precision", "eval_matmul_precision"):
     _choice(config, name, MATMUL_PRECISIONS)
@@ -224,6 +229,18 @@ def _check_combinations(config) -> None:
     not (config.prior == "vampprior" and config.conditional),
     "prior='vampprior' reads pseudo-inputs without labels: set conditional=False.",
   )
+  if config.posterior != "diagonal":
+    _check(
+      not (config.objective == "elbo" and config.analytic_kl),
+      f"posterior={config.posterior!r} has no closed-form KL: set analytic_kl=False (the KL "
+      "is then estimated by Monte Carlo).",
+    )
+    _check(
+      config.stochastic_layers == 1 and config.prior != "vampprior",
+      f"posterior={config.posterior!r} is for one stochastic layer and a prior other than "
+      "the VampPrior (a mixture of diagonal posteriors): set stochastic_layers=1 and another "
+      "prior, or posterior='diagonal'.",
+    )
   if config.stochastic_layers == 2:
     _check(
       config.architecture == "mlp" and not config.conditional,
@@ -304,6 +321,8 @@ def _unread_fields(config: ml_collections.ConfigDict) -> set[str]:
     unread |= {"top_hidden", "top_latent_dim"}
   if config.stochastic_layers == 2 or config.architecture == "mlp":
     unread.add("conv_channels")
+  if config.posterior != "iaf":
+    unread.add("flow_steps")
   return unread
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax import objectives
+from vae_jax import objectives, posteriors
 
 
 def map_batches(fn: Callable, arrays: tuple, batch_size: int) -> jax.Array:
@@ -93,7 +93,7 @@ def evaluate_examples(
       "reconstruction": terms.reconstruction,
       "kl": terms.kl,
       "kl_per_dimension": terms.kl_per_dimension,  # None where the prior does not factorize
-      "posterior_mean": model.encode(x, labels)[0],
+      "posterior_mean": posteriors.location(model.encode(x, labels)),
       "log_likelihood": estimate.log_px,
       "log_likelihood_mc_stderr": estimate.standard_error,
     }

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax import distributions, likelihoods, networks, objectives, priors
+from vae_jax import distributions, likelihoods, networks, objectives, posteriors, priors
 
 
 def _check_image_shape(x: jax.Array, image_shape: tuple[int, ...]) -> None:
@@ -51,8 +51,9 @@ class LatentVariableModel(Protocol):
   has_analytic_kl: bool  #: elbo_terms(analytic_kl=True) works, and p(z) is N(0, I)
   integer_data: bool  #: the model reads 8-bit integers (else floats in [0, 1])
 
-  def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(mean, logvar) of q(z|x), each [batch, latent_dim]."""
+  def encode(self, x: jax.Array, labels: jax.Array | None = None):
+    """q(z|x): (mean, logvar), each [batch, latent_dim], or a distribution over z with
+    sample_and_log_prob and log_prob (vae_jax.posteriors)."""
 
   def decode_mean(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     """Mean images of p(x|z) in [0, 1], `[batch, *image_shape]`."""
@@ -139,7 +140,9 @@ class VAE(_ImageModel):
   parameters for every pixel. `prior` is a name in priors.PRIORS, or a prior of
   your own: an NNX module with log_prob(z, encode) -> [...] and
   sample(key, num_samples, encode) -> [num_samples, latent_dim] (see priors.py),
-  whose parameters train with the model's.
+  whose parameters train with the model's. `posterior` is a name in
+  posteriors.POSTERIORS: "diagonal" (encode returns (mean, logvar)), "full_covariance"
+  or "iaf" with `flow_steps` steps (encode returns a distribution, whose KL is sampled).
   """
 
   def __init__(
@@ -157,9 +160,13 @@ class VAE(_ImageModel):
     num_components: int = 10,
     prior: str | nnx.Module = "standard_normal",
     prior_components: int = 500,
+    posterior: str = "diagonal",
+    flow_steps: int = 2,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
+    if posterior not in posteriors.POSTERIORS:
+      raise ValueError(f"Unknown posterior {posterior!r}; choose one of {posteriors.POSTERIORS}.")
     self._set_likelihood(
       image_shape, likelihood, gaussian_logvar=gaussian_logvar, num_components=num_components
     )
@@ -180,15 +187,22 @@ class VAE(_ImageModel):
         "inputs are images the encoder reads): use another prior, or num_classes=0 and a "
         "bernoulli or gaussian likelihood."
       )
+    if isinstance(prior, priors.VampPrior) and posterior != "diagonal":
+      raise ValueError(
+        "prior='vampprior' is a mixture of the encoder's diagonal posteriors: use "
+        "posterior='diagonal' with it."
+      )
     self.prior = prior
-    # KL(q(z|x) || p(z)) in closed form: for the N(0, I) prior only.
-    self.has_analytic_kl = isinstance(prior, priors.StandardNormal)
+    self.posterior = posterior
+    # KL(q(z|x) || p(z)) in closed form: for a diagonal posterior and the N(0, I) prior.
+    self.has_analytic_kl = isinstance(prior, priors.StandardNormal) and posterior == "diagonal"
+    encoder_outputs = posteriors.encoder_outputs(posterior, latent_dim)
     outputs = self.likelihood.outputs_per_pixel
     if architecture == "mlp":
       self.encoder = networks.MLP(
         num_pixels + num_classes,
         hidden,
-        2 * latent_dim,
+        encoder_outputs,
         activation=activation,
         dtype=dtype,
         rngs=rngs,
@@ -208,7 +222,7 @@ class VAE(_ImageModel):
         (height, width, channels + num_classes),
         conv_channels,
         hidden,
-        2 * latent_dim,
+        encoder_outputs,
         activation=activation,
         dtype=dtype,
         rngs=rngs,
@@ -226,6 +240,16 @@ class VAE(_ImageModel):
     else:
       raise ValueError(f"Unknown architecture {architecture!r}; choose 'mlp' or 'conv'.")
     self.architecture = architecture
+    if posterior == "full_covariance":  # start as the diagonal posterior: L's lower part 0
+      last = (self.encoder if architecture == "mlp" else self.encoder.mlp).layers[-1]
+      last.kernel[...] = last.kernel[...].at[:, 2 * latent_dim :].set(0.0)
+    if posterior == "iaf":  # (only then: a diagonal VAE's state is what it always was)
+      self.flow = nnx.List(
+        [
+          posteriors.AutoregressiveNetwork(latent_dim, latent_dim, hidden[-1], rngs=rngs)
+          for _ in range(flow_steps)
+        ]
+      )
 
   def _one_hot(self, labels, batch):
     if not self.num_classes:
@@ -238,8 +262,9 @@ class VAE(_ImageModel):
       raise ValueError(f"labels must have shape [batch] = ({batch},), got {labels.shape}.")
     return jax.nn.one_hot(labels, self.num_classes)
 
-  def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """q(z|x): (mean, logvar), each [batch, latent]."""
+  def encode(self, x: jax.Array, labels: jax.Array | None = None):
+    """q(z|x): (mean, logvar), each [batch, latent], for the diagonal posterior; else the
+    posterior distribution (vae_jax.posteriors)."""
     y = self._one_hot(labels, x.shape[0])
     if self.architecture == "mlp":
       h = self._flat_inputs(x)
@@ -253,7 +278,12 @@ class VAE(_ImageModel):
           [h, jnp.broadcast_to(y[:, None, None, :], (*h.shape[:3], y.shape[-1]))], -1
         )
     # The networks may compute in bfloat16; the distributions always see float32.
-    mean, logvar = jnp.split(self.encoder(h).astype(jnp.float32), 2, axis=-1)
+    out = self.encoder(h).astype(jnp.float32)
+    if self.posterior == "full_covariance":
+      return posteriors.full_covariance(out, self.latent_dim)
+    if self.posterior == "iaf":
+      return posteriors.iaf(out, self.latent_dim, list(self.flow))
+    mean, logvar = jnp.split(out, 2, axis=-1)
     return mean, logvar
 
   def decoder_output(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:

@@ -2,7 +2,8 @@
 
 Objectives take plain callables, so any model (or a researcher's function) plugs in::
 
-  encode(x) -> (mean, logvar)        q(z|x), diagonal Gaussian, each [batch, latent]
+  encode(x) -> (mean, logvar)        q(z|x), diagonal Gaussian, each [batch, latent];
+                                     or a distribution (vae_jax.posteriors)
   log_likelihood(x, z) -> [batch]    log p(x|z) for one z of shape [batch, latent]
   log_prior(z) -> [...]              log p(z) for z of shape [..., latent]; None: N(0, I)
 
@@ -29,9 +30,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from vae_jax import distributions
+from vae_jax import distributions, posteriors
 
-#: encode(x) -> (mean, logvar) of q(z|x), each [batch, latent].
+#: encode(x) -> (mean, logvar) of q(z|x), each [batch, latent], or q(z|x) as a distribution
+#: with sample_and_log_prob and log_prob (vae_jax.posteriors).
 Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 #: log_likelihood(x, z) -> log p(x|z), [batch], for one z of shape [batch, latent].
 LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]
@@ -49,7 +51,8 @@ class ElboTerms(NamedTuple):
     reconstruction: E_q[log p(x|z)], the K-sample average, [batch].
     kl: KL(q(z|x) || p(z)), analytic or its K-sample estimate, [batch].
     kl_per_dimension: the analytic KL of each latent dimension, [batch, latent]
-      (for free bits and diagnostics, whichever KL the objective uses).
+      (for free bits and diagnostics, whichever KL the objective uses); None with a
+      log_prior or a posterior distribution.
   """
 
   reconstruction: jax.Array
@@ -57,13 +60,23 @@ class ElboTerms(NamedTuple):
   kl_per_dimension: jax.Array
 
 
-def _encode(encode: Encoder, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Calls encode and checks that it returns two [batch, latent] float arrays."""
+def _encode(encode: Encoder, x: jax.Array):
+  """Calls encode and checks that it returns two [batch, latent] float arrays, or a
+  distribution (vae_jax.posteriors), which is returned as it is."""
   if x.ndim < 1:
     raise ValueError(f"x must have a leading batch axis, got shape {x.shape}.")
   out = encode(x)
-  if not (isinstance(out, (tuple, list)) and len(out) == 2):
-    raise ValueError(f"encode(x) must return (mean, logvar), got {type(out).__name__}.")
+  if posteriors.is_distribution(out):
+    missing = [m for m in ("sample_and_log_prob", "log_prob") if not hasattr(out, m)]
+    if missing:
+      raise ValueError(
+        f"encode(x) returned a {type(out).__name__}, which lacks {', '.join(missing)}: "
+        "return (mean, logvar), or a distribution with distrax's sample_and_log_prob "
+        "and log_prob (see vae_jax.posteriors)."
+      )
+    return out
+  if len(out) != 2:
+    raise ValueError(f"encode(x) must return (mean, logvar), got {len(out)} values.")
   mean, logvar = (jnp.asarray(a) for a in out)
   expected = (x.shape[0], "latent")
   for name, value in (("mean", mean), ("logvar", logvar)):
@@ -114,14 +127,40 @@ class _PosteriorSamples(NamedTuple):
   logvar: jax.Array  # of q(z|x), [batch, latent]
 
 
+class _DistributionSamples(NamedTuple):
+  z: jax.Array  # [K, batch, latent]
+  log_q: jax.Array  # log q(z|x) of each sample, [K, batch]
+  posterior: object  # what encode returned
+
+
 def _sample_posterior(
   key: jax.Array, x: jax.Array, encode: Encoder, num_samples: int
-) -> _PosteriorSamples:
-  """Encodes x and draws K reparameterized z = mean + exp(logvar / 2) * eps."""
+) -> _PosteriorSamples | _DistributionSamples:
+  """Encodes x and draws K reparameterized samples: z = mean + exp(logvar / 2) * eps for
+  (mean, logvar), or the distribution's own sample_and_log_prob."""
   distributions.check_num_samples(num_samples)
-  mean, logvar = _encode(encode, x)
+  q = _encode(encode, x)
+  if posteriors.is_distribution(q):
+    z, log_q = q.sample_and_log_prob(seed=key, sample_shape=(num_samples,))
+    z, log_q = jnp.asarray(z), jnp.asarray(log_q)
+    if z.ndim != 3 or z.shape[:2] != (num_samples, x.shape[0]) or log_q.shape != z.shape[:2]:
+      raise ValueError(
+        f"encode(x)'s distribution sampled z of shape {z.shape} and log_q of shape "
+        f"{log_q.shape}; expected [K, batch, latent] and [K, batch] = "
+        f"({num_samples}, {x.shape[0]}, latent) and ({num_samples}, {x.shape[0]}): give it "
+        "batch shape [batch] and event shape [latent]."
+      )
+    return _DistributionSamples(z, log_q, q)
+  mean, logvar = q
   eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
   return _PosteriorSamples(mean[None] + jnp.exp(0.5 * logvar)[None] * eps, eps, mean, logvar)
+
+
+def _log_prior_of(log_prior: LogPrior | None, z_KxBxZ: jax.Array) -> jax.Array:
+  """log p(z_k), [K, batch]: log_prior's, or N(0, I)'s."""
+  if log_prior is None:
+    return distributions.log_standard_normal(z_KxBxZ)
+  return _log_prior(log_prior, z_KxBxZ)
 
 
 def _log_prior(log_prior: LogPrior, z_KxBxZ: jax.Array) -> jax.Array:
@@ -171,7 +210,9 @@ def log_weights(
   Args:
     key: a JAX random key.
     x: a batch of data, [batch, ...].
-    encode: x -> (mean, logvar) of q(z|x), each [batch, latent].
+    encode: x -> (mean, logvar) of q(z|x), each [batch, latent], or q(z|x) as a
+      distribution over z with sample_and_log_prob and log_prob (vae_jax.posteriors),
+      whose KL is then sampled.
     log_likelihood: (x, z) -> log p(x|z), [batch], for z of shape [batch, latent].
     num_samples: K.
     log_prior: z -> log p(z), [...] for z of shape [..., latent]; None is N(0, I).
@@ -193,9 +234,10 @@ def log_weights(
   """
   x = jnp.asarray(x)
   q = _sample_posterior(key, x, encode, num_samples)
-  return _log_likelihood_over_samples(log_likelihood, x, q.z) + _log_prior_minus_log_q(
-    q.z, q.mean, q.logvar, q.eps, log_prior
-  )
+  log_px_given_z = _log_likelihood_over_samples(log_likelihood, x, q.z)
+  if isinstance(q, _DistributionSamples):
+    return log_px_given_z + _log_prior_of(log_prior, q.z) - q.log_q
+  return log_px_given_z + _log_prior_minus_log_q(q.z, q.mean, q.logvar, q.eps, log_prior)
 
 
 def iwae_bound(log_weights: ArrayLike) -> jax.Array:
@@ -267,6 +309,17 @@ def elbo_terms(
   x = jnp.asarray(x)
   q = _sample_posterior(key, x, encode, num_samples)
   reconstruction = jnp.mean(_log_likelihood_over_samples(log_likelihood, x, q.z), axis=0)
+  if isinstance(q, _DistributionSamples):
+    if analytic_kl:
+      raise ValueError(
+        f"encode(x) returned a distribution ({type(q.posterior).__name__}), which has no "
+        "closed-form KL here: pass analytic_kl=False to estimate the KL by Monte Carlo."
+      )
+    log_q = q.log_q
+    if estimator == "stl":
+      log_q = posteriors.stop_parameter_gradients(q.posterior).log_prob(q.z)
+    kl = jnp.mean(log_q - _log_prior_of(log_prior, q.z), axis=0)
+    return ElboTerms(reconstruction, kl, None)
   kl_per_dimension = None
   if log_prior is None:
     kl_per_dimension = distributions.kl_normal_std_per_dimension(q.mean, q.logvar)
@@ -406,17 +459,25 @@ def iwae(
   q = _sample_posterior(key, x, encode, num_samples)
   z = q.z
   if estimator == "reparam":
-    return iwae_bound(
-      _log_likelihood_over_samples(log_likelihood, x, z)
-      + _log_prior_minus_log_q(z, q.mean, q.logvar, q.eps, log_prior)
-    )
+    if isinstance(q, _DistributionSamples):
+      log_p_minus_log_q = _log_prior_of(log_prior, z) - q.log_q
+    else:
+      log_p_minus_log_q = _log_prior_minus_log_q(z, q.mean, q.logvar, q.eps, log_prior)
+    return iwae_bound(_log_likelihood_over_samples(log_likelihood, x, z) + log_p_minus_log_q)
   # log q(z|x) sees q's parameters as constants: its gradient flows along z only.
-  mean, logvar = jax.lax.stop_gradient((q.mean, q.logvar))
+  if isinstance(q, _DistributionSamples):
+    constant_q = posteriors.stop_parameter_gradients(q.posterior)
+
+    def log_p_minus_log_q_at(z_KxBxZ):
+      return _log_prior_of(log_prior, z_KxBxZ) - constant_q.log_prob(z_KxBxZ)
+  else:
+    mean, logvar = jax.lax.stop_gradient((q.mean, q.logvar))
+
+    def log_p_minus_log_q_at(z_KxBxZ):
+      return _log_prior_minus_log_q(z_KxBxZ, mean, logvar, log_prior=log_prior)
 
   def log_weights_at(z_KxBxZ):
-    return _log_likelihood_over_samples(log_likelihood, x, z_KxBxZ) + _log_prior_minus_log_q(
-      z_KxBxZ, mean, logvar, log_prior=log_prior
-    )
+    return _log_likelihood_over_samples(log_likelihood, x, z_KxBxZ) + log_p_minus_log_q_at(z_KxBxZ)
 
   log_w = log_weights_at(z)
   bound = iwae_bound(log_w)

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
+from vae_jax import posteriors
+
 #: Images are scaled up to at least this height (a 28-pixel digit is shown 2x).
 MIN_IMAGE_PIXELS = 56
 #: Training curves of this many epochs or more get a log epoch axis.
@@ -111,7 +113,7 @@ def reconstructions(model, x, images, labels=None, *, columns: int = 8) -> np.nd
     images: the same images in [0, 1], for display.
     labels: [N] for a conditional model.
   """
-  mean, _ = model.encode(x, labels)
+  mean = posteriors.location(model.encode(x, labels))
   decoded = model.decode_mean(mean, labels)
   rows = x.shape[0] // columns
   pairs = np.stack(
@@ -146,8 +148,8 @@ def interpolations(model, x_from, x_to, *, steps: int = 10, labels=None) -> np.n
 
   labels: the pairs' class for a conditional model (decoded with it along the row).
   """
-  mean_from, _ = model.encode(x_from, labels)
-  mean_to, _ = model.encode(x_to, labels)
+  mean_from = posteriors.location(model.encode(x_from, labels))
+  mean_to = posteriors.location(model.encode(x_to, labels))
   weights = jnp.linspace(0.0, 1.0, steps)[None, :, None]
   z = (1 - weights) * mean_from[:, None] + weights * mean_to[:, None]  # [pairs, steps, Z]
   pairs = z.shape[0]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, evaluation, metrics, parallel, plots
+from vae_jax import data, evaluation, metrics, parallel, plots, posteriors
 from vae_jax.experiment import Experiment
 from vae_jax.progress import Progress, format_duration
 
@@ -238,7 +238,7 @@ def save_pictures(
     row_labels=row_labels,
   )
   means = evaluation.map_batches(
-    lambda x, labels: model.encode(x, labels if conditional else None)[0],
+    lambda x, labels: posteriors.location(model.encode(x, labels if conditional else None)),
     (x, labels),
     config.eval_batch_size,
   )

@@ -45,6 +45,8 @@ def make_model(
     num_classes=num_classes if config.conditional else 0,
     prior=config.prior,
     prior_components=config.prior_components,
+    posterior=config.posterior,
+    flow_steps=config.flow_steps,
     **shared,
   )
 
