@@ -285,7 +285,8 @@ def elbo_terms(
 
   Returns:
     ElboTerms of [batch] arrays; kl_per_dimension, [batch, latent], is the closed-form
-    KL of each dimension to N(0, 1), and None with a log_prior (which need not factorize).
+    KL of each dimension to N(0, 1), and None with a log_prior (which need not factorize)
+    or a posterior distribution.
 
   Example:
     >>> import jax, jax.numpy as jnp, vae_jax
