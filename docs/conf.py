@@ -43,7 +43,6 @@ autodoc_default_options = {
 }
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
-autodoc_mock_imports = []
 autosummary_generate = False  # docs/generate.py writes the API pages itself
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

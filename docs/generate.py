@@ -43,18 +43,23 @@ README_SPEED_BEGIN = "<!-- speed: python docs/generate.py renders it from result
 README_SPEED_END = "<!-- /speed -->"
 
 
-def public_names(module) -> list[str]:
-  """The names a module defines and does not mark private, in source order: its functions,
-  classes and module-level constants (imported names are left to their own module)."""
-  tree = ast.parse(inspect.getsource(module))
-  names = []
-  for node in tree.body:
+def public_definitions(module) -> list[tuple[str, ast.stmt]]:
+  """(name, statement) for each name a module defines and does not mark private, in source
+  order: its functions, classes and module-level constants (imported names are left to
+  their own module)."""
+  definitions = []
+  for node in ast.parse(inspect.getsource(module)).body:
     if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-      names.append(node.name)
+      definitions.append((node.name, node))
     elif isinstance(node, (ast.Assign, ast.AnnAssign)):
       targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-      names += [t.id for t in targets if isinstance(t, ast.Name)]
-  return [name for name in names if not name.startswith("_")]
+      definitions += [(t.id, node) for t in targets if isinstance(t, ast.Name)]
+  return [(name, node) for name, node in definitions if not name.startswith("_")]
+
+
+def public_names(module) -> list[str]:
+  """The names of public_definitions(module)."""
+  return [name for name, _ in public_definitions(module)]
 
 
 def _directive(module, name: str) -> str:

@@ -79,18 +79,15 @@ def _constant_documented(source_lines: list[str], node: ast.stmt) -> bool:
 @pytest.mark.parametrize("module_name", [m for ms in generate.API_SECTIONS.values() for m in ms])
 def test_every_public_name_has_a_docstring(module_name):
   module = __import__(f"vae_jax.{module_name}", fromlist=["_"])
-  source = inspect.getsource(module)
-  lines = source.splitlines()
+  lines = inspect.getsource(module).splitlines()
   undocumented = []
-  for node in ast.parse(source).body:
+  for name, node in generate.public_definitions(module):
     if isinstance(node, (ast.Assign, ast.AnnAssign)):
-      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-      names = [t.id for t in targets if isinstance(t, ast.Name) and not t.id.startswith("_")]
-      if names and not _constant_documented(lines, node):
-        undocumented += names
-    elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+      if not _constant_documented(lines, node):
+        undocumented.append(name)
+    else:
       if not ast.get_docstring(node):
-        undocumented.append(node.name)
+        undocumented.append(name)
       if isinstance(node, ast.ClassDef):
         undocumented += [
           f"{node.name}.{m.name}"

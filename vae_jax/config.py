@@ -215,12 +215,14 @@ def _check_evaluation(config) -> None:
 
 def _check_combinations(config) -> None:
   """Options of different sections that do not go together."""
-  if config.prior != "standard_normal":
+  # The closed-form KL is that of a diagonal posterior to N(0, I).
+  for name, closed_form in (("prior", "standard_normal"), ("posterior", "diagonal")):
     _check(
-      not (config.objective == "elbo" and config.analytic_kl),
-      f"prior={config.prior!r} has no closed-form KL: set analytic_kl=False (the KL is then "
+      config[name] == closed_form or not (config.objective == "elbo" and config.analytic_kl),
+      f"{name}={config[name]!r} has no closed-form KL: set analytic_kl=False (the KL is then "
       "estimated by Monte Carlo).",
     )
+  if config.prior != "standard_normal":
     _check(
       config.stochastic_layers == 1,
       f"prior={config.prior!r} is a prior of one stochastic layer: set stochastic_layers=1.",
@@ -230,11 +232,6 @@ def _check_combinations(config) -> None:
     "prior='vampprior' reads pseudo-inputs without labels: set conditional=False.",
   )
   if config.posterior != "diagonal":
-    _check(
-      not (config.objective == "elbo" and config.analytic_kl),
-      f"posterior={config.posterior!r} has no closed-form KL: set analytic_kl=False (the KL "
-      "is then estimated by Monte Carlo).",
-    )
     _check(
       config.stochastic_layers == 1 and config.prior != "vampprior",
       f"posterior={config.posterior!r} is for one stochastic layer and a prior other than "
