@@ -37,6 +37,14 @@ BURDA2015_TABLE1 = {
   "burda2015_iwae_k50": ("IWAE, k=50", -84.78),
   "burda2015_iwae_k50_2layer": ("IWAE, 2 layers, k=50", -82.90),
 }
+# Tomczak & Welling 2018 (arXiv:1705.07120), Table 2 as commonly cited: test log p(x) by
+# IS-5000 of the one-stochastic-layer VAE. run: (prior, data, paper).
+TOMCZAK2018_TABLE2 = {
+  "tomczak2018_vae_static": ("standard", "static", -88.56),
+  "tomczak2018_vampprior_static": ("VampPrior", "static", -85.57),
+  "tomczak2018_vae_dynamic": ("standard", "dynamic", -84.50),
+  "tomczak2018_vampprior_dynamic": ("VampPrior", "dynamic", -82.38),
+}
 README_TABLE_BEGIN = "<!-- table1: python docs/generate.py renders it from results/*/eval.json -->"
 README_TABLE_END = "<!-- /table1 -->"
 README_SPEED_BEGIN = "<!-- speed: python docs/generate.py renders it from results/benchmarks -->"
@@ -230,6 +238,102 @@ def table1_details_md() -> str:
   return "\n".join(lines)
 
 
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def table2_md() -> str:
+  """Tomczak & Welling's Table 2 beside each run: its eval.json where it has finished, its
+  progress (from metrics.jsonl) while it trains."""
+  lines = [
+    "| prior | MNIST | paper | IS-5000 here | ELBO | best epoch / trained | minutes | run |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for run, (prior, binarization, paper) in TOMCZAK2018_TABLE2.items():
+    folder = os.path.join(ROOT, "results", run)
+    report = _read_json(os.path.join(folder, "eval.json"))
+    summary = _read_json(os.path.join(folder, "summary.json"))
+    metrics_path = os.path.join(folder, "metrics.jsonl")
+    if report and summary:
+      best = report["early_stopping"]["best_epoch"][0]
+      cells = [
+        f"{_nats(report['test_log_likelihood'])} ± {report['test_log_likelihood_stderr']:.2f}",
+        _nats(report["test_elbo"]),
+        f"{best:,} / {int(report['epochs']):,}",
+        f"{summary['training_seconds'] / 60:,.0f}",
+      ]
+    elif os.path.exists(metrics_path):
+      with open(metrics_path) as f:
+        records = [json.loads(line) for line in f.read().splitlines()]
+      last, seconds = records[-1], sum(r.get("train_seconds", 0.0) for r in records)
+      cells = [
+        "training",
+        f"valid {_nats(last['valid/best_elbo'])} so far",
+        f"{int(last['valid/best_epoch']):,} / {last['epoch']:,}",
+        f"{seconds / 60:,.0f}",
+      ]
+    else:
+      cells = ["not started", "", "", ""]
+    lines.append(
+      f"| {prior} | {binarization} | {_nats(paper)} | " + " | ".join(cells) + f" | `{run}` |"
+    )
+  return "\n".join(lines)
+
+
+def _network(config: dict) -> str:
+  """A config's model in a few words: its layers, latents, init and log-variance clip."""
+  words = [
+    f"{config['activation']} {'-'.join(map(str, config['hidden']))}-{config['latent_dim']}",
+    "He" if config["weight_init"] == "he_normal" else "",
+    "clip [{:g}, {:g}]".format(*config["logvar_range"]) if config["logvar_range"] else "",
+  ]
+  return ", ".join(word for word in words if word)
+
+
+def _kl(value: float) -> str:
+  """A sampled KL to two digits, without the sign of a -0.00."""
+  return f"{round(value, 2) + 0.0:.2f}"
+
+
+def _prior(config: dict) -> str:
+  if config["prior"] == "vampprior":
+    return f"VampPrior {config['prior_components']}"
+  return config["prior"].replace("_", " ")
+
+
+def diagnosis_md(group: str) -> str:
+  """The VampPrior diagnosis runs of one group (scripts/vampprior_diagnosis.py) as a table
+  of their settings, KL and test numbers."""
+  folder = os.path.join(ROOT, "results", "tomczak2018_diagnosis", group)
+  lines = [
+    "| run | prior | network | lr | warm-up | KL, epoch 1 | KL, last | train ELBO | test ELBO "
+    "| IS |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for run in sorted(os.listdir(folder)):
+    summary = _read_json(os.path.join(folder, run, "summary.json"))
+    with open(os.path.join(folder, run, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f.read().splitlines()]
+    config = summary["config"]
+    optimizer = " NormGrad" if config["adam_normgrad"] else ""
+    lines.append(
+      f"| `{run}` | {_prior(config)} | {_network(config)} | {config['learning_rate']:g}"
+      f"{optimizer} | {config['kl_warmup_epochs']} | {_kl(records[0]['test/kl'])} | "
+      f"{_kl(records[-1]['test/kl'])} | {_nats(records[-1]['train/elbo'])} | "
+      f"{_nats(summary['test_elbo'])} | {_nats(summary['test_log_likelihood'])} |"
+    )
+  return "\n".join(lines) + (  # the runs of a group share these settings
+    f"\n\n{summary['num_test']:,} test images of {summary['dataset']} (binarized once); IS"
+    f" with {summary['log_likelihood_num_samples']:,} samples; KL and test ELBO in nats per image,"
+    f" one sample; {config['num_epochs']} epochs at batch {config['batch_size']}."
+    " `scripts/vampprior_diagnosis.py` trains each run; `results/tomczak2018_diagnosis/"
+    f"{group}/` keeps its summary.json and metrics.jsonl."
+  )
+
+
 # The posterior comparison on MNIST (docs/guide/posteriors.md): each run's flags.
 POSTERIOR_RUNS = {
   "diagonal": "--config.posterior=diagonal --config.analytic_kl=True",
@@ -400,6 +504,9 @@ def write_all(out: str) -> None:
     "table1.md": table1_md(link=False) + "\n\n" + table1_details_md(),
     "benchmarks.md": benchmarks_md(),
     "posteriors_mnist.md": posteriors_md(),
+    "table2.md": table2_md(),
+    "vampprior_collapse.md": diagnosis_md("collapse"),
+    "vampprior_short_budget.md": diagnosis_md("short_budget"),
   }
   for name, text in pages.items():
     with open(os.path.join(out, "fragments", name), "w") as f:

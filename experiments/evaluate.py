@@ -62,10 +62,12 @@ def main(argv):
     raise app.UsageError(f"{config.dataset} has no {_SPLIT.value} split in this config.")
   x, labels = experiment.eval_inputs(images, labels)
   command = shlex.join(["python", "-m", "experiments.evaluate", *sys.argv[1:]])
+  params = experiment.final_params(state)  # the best validation epoch's, with early stopping
   results = report.evaluation_report(
-    experiment, state["params"], x, labels, split=_SPLIT.value, step=step, command=command
+    experiment, params, x, labels, split=_SPLIT.value, step=step, command=command
   )
-  report.publish(experiment, state["params"], x, labels, workdir, results, "eval.json")
+  results.update(report.early_stopping_report(experiment, state))
+  report.publish(experiment, params, x, labels, workdir, results, "eval.json")
   if not parallel.is_main_process():
     return
   with open(os.path.join(workdir, "eval.md"), "w") as f:

@@ -5,6 +5,7 @@
   python scripts/bench.py --dtype=bfloat16 # the library in bf16 against the fp32 minimal loop
   python scripts/bench.py --mode=precision # bf16 vs fp32: IWAE K=50 speed and ELBO, same budget
   python scripts/bench.py --mode=matmul    # the three products of a dense layer, fp32 vs bf16
+  python scripts/bench.py --mode=prior     # a training step with each prior, and the mixture
   python scripts/bench.py --mode=eval      # IS-5000 log-likelihood of 10,000 test images
   python scripts/bench.py --mode=quality --data_dir=DIR   # time to test ELBO > -100, MNIST
   python scripts/bench.py --mode=kernels --batch_sizes=20,100   # kernels per training step
@@ -57,6 +58,15 @@ digits (or full MNIST with --data_dir), and reports each run's images/s and
 final test ELBO (one sample, analytic KL) and IWAE-50 bound, both evaluated in
 float32, and the paired differences.
 
+--mode=prior trains Tomczak & Welling 2018's one-layer VAE (gated 300-300, 40 latents,
+batch 100, ELBO with the KL sampled) with the standard prior, a mixture of 500
+Gaussians and a VampPrior of 500 pseudo-inputs, interleaved round by round, and reports
+each one's images/s, its cost against the standard prior's, and the cost its matmuls
+predict (the VampPrior encodes the 500 pseudo-inputs at every step). In the same run it
+times the value and gradient of the mixture's log-density for 100 samples (500
+components, 40 dimensions): priors.log_mixture_of_gaussians against the same expression
+by broadcasting, left to autodiff.
+
 --mode=matmul times, in float32 and in bfloat16 with float32 outputs, the three
 products of the K=50 decoder's last layer (h: [5000, 200], W: [200, 784]):
 the forward h·W, the input gradient g·Wᵀ, the weight gradient hᵀ·g with h
@@ -81,7 +91,7 @@ from absl import app, flags
 from flax import nnx
 
 import vae_jax
-from vae_jax import data, evaluation
+from vae_jax import data, evaluation, priors
 from vae_jax import state as state_lib
 from vae_jax.config import build_config
 from vae_jax.experiment import Experiment
@@ -93,7 +103,10 @@ _DTYPE = flags.DEFINE_enum(
   "dtype", "float32", ["float32", "bfloat16"], "config.dtype of the library's training loop."
 )
 _MODE = flags.DEFINE_enum(
-  "mode", "train", ["train", "eval", "quality", "precision", "matmul", "kernels"], "What to time."
+  "mode",
+  "train",
+  ["train", "eval", "quality", "precision", "matmul", "kernels", "prior"],
+  "What to time.",
 )
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Batch sizes to measure (--mode=train).")
 _BUDGET_EPOCHS = flags.DEFINE_integer("budget_epochs", 20, "Epochs of each run (--mode=precision).")
@@ -668,6 +681,7 @@ def main(argv):
     "quality": bench_time_to_quality,
     "precision": lambda: bench_precision(dataset),
     "matmul": bench_matmul,
+    "prior": lambda: bench_priors(dataset),
   }
   if _MODE.value in other_modes:
     other_modes[_MODE.value]()
@@ -764,6 +778,99 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
     round_ratio_min=float(round_ratios.min()),
     round_ratio_max=float(round_ratios.max()),
     roofline_fraction=gflops / np.median(roofline),
+  )
+
+
+#: Tomczak & Welling 2018's one-stochastic-layer VAE (--mode=prior).
+TOMCZAK2018 = dict(
+  hidden=(300, 300),
+  latent_dim=40,
+  activation="gated",
+  weight_init="he_normal",
+  logvar_range=(-6.0, 2.0),
+  prior_components=500,
+  analytic_kl=False,
+)
+
+
+def _time(fn, *args, repeats: int = 20) -> float:
+  """Median seconds of fn(*args) (compiled by a first call)."""
+  jax.block_until_ready(fn(*args))
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    seconds.append(time.perf_counter() - start)
+  return float(np.median(seconds))
+
+
+def bench_priors(dataset) -> None:
+  """A training epoch with each prior, interleaved; the mixture density against autodiff."""
+  runs = {}
+  for prior in ("standard_normal", "mixture", "vampprior"):
+    experiment = Experiment(build_config(dict(TOMCZAK2018, prior=prior)), dataset)
+    keys, images, labels = experiment.train_inputs()
+    state, _ = experiment.train_chunk(experiment.initial_state(), keys, images, labels)
+    runs[prior] = [experiment, jax.block_until_ready(state), (keys, images, labels), []]
+  for _ in range(_ROUNDS.value):
+    for run in runs.values():
+      experiment, state, inputs, times = run
+      start = time.perf_counter()
+      run[1], _ = experiment.train_chunk(state, *inputs)
+      jax.block_until_ready(run[1])
+      times.append(time.perf_counter() - start)
+  config = runs["standard_normal"][0].config
+  sizes = [PIXELS, *config.hidden, 2 * config.latent_dim]
+  # A gated hidden layer is two dense maps; the output layer one.
+  encoder = 2 * multiply_adds(sizes[:-1]) + multiply_adds(sizes[-2:])
+  decoder = 2 * multiply_adds([config.latent_dim, *config.hidden[::-1]])
+  decoder += multiply_adds([config.hidden[0], PIXELS])
+  batch = config.batch_size
+  predicted = {
+    "standard_normal": 1.0,
+    "mixture": 1.0,
+    "vampprior": (batch * (encoder + decoder) + config.prior_components * encoder)
+    / (batch * (encoder + decoder)),
+  }
+  images_per_epoch = runs["standard_normal"][0].steps_per_epoch * batch
+  standard = images_per_epoch / np.median(runs["standard_normal"][3])
+  for prior, (_, _, _, times) in runs.items():
+    rate = images_per_epoch / np.median(times)
+    report(
+      f"Tomczak & Welling VAE, batch {batch}, prior {prior:15s} {rate:8.0f} img/s"
+      f" | {standard / rate:.2f}x the standard prior's time (its matmuls: "
+      f"{predicted[prior]:.2f}x)",
+      prior=prior,
+      img_per_s=rate,
+      cost_vs_standard=standard / rate,
+      matmul_cost_vs_standard=predicted[prior],
+    )
+  keys = jax.random.split(jax.random.key(0), 3)
+  z = jax.random.normal(keys[0], (1, batch, config.latent_dim))
+  means = jax.random.normal(keys[1], (config.prior_components, config.latent_dim))
+  logvars = -1.0 + 0.3 * jax.random.normal(keys[2], means.shape)
+  log_weights = jnp.full(means.shape[:1], -np.log(means.shape[0]))
+
+  def by_broadcasting(z, means, logvars):
+    log_components = vae_jax.log_normal(z[..., None, :], means[None, None], logvars[None, None])
+    return jax.nn.logsumexp(log_components + log_weights[None, None], axis=-1)
+
+  def library(z, means, logvars):
+    return priors.log_mixture_of_gaussians(z, log_weights, means, logvars)
+
+  seconds = {}
+  for name, density in (("library", library), ("autodiff", by_broadcasting)):
+    value_and_grad = jax.jit(
+      jax.value_and_grad(lambda *a, d=density: jnp.sum(d(*a)), argnums=(0, 1, 2))
+    )
+    seconds[name] = _time(value_and_grad, z, means, logvars)
+  report(
+    f"mixture log-density, value and gradient, {batch} samples x"
+    f" {config.prior_components} components x {config.latent_dim} dims: library"
+    f" {seconds['library'] * 1e3:.2f} ms | broadcast expression through autodiff"
+    f" {seconds['autodiff'] * 1e3:.2f} ms | {seconds['autodiff'] / seconds['library']:.1f}x",
+    mixture_library_ms=seconds["library"] * 1e3,
+    mixture_autodiff_ms=seconds["autodiff"] * 1e3,
   )
 
 

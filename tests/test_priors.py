@@ -1,11 +1,15 @@
 """Tests for vae_jax.priors: densities that normalize, samples that follow them, gradients
 that reach every parameter, and training and evaluation through the built-in paths."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax import test_util
+from scipy import special
 from test_train import make_small_dataset, tiny_config
 
 import vae_jax
@@ -85,6 +89,98 @@ def test_gradients_reach_the_prior_parameters(name, parameters, estimator):
   for parameter in parameters:
     gradient = np.asarray(grads["prior"][parameter][...])
     assert np.all(np.isfinite(gradient)) and np.abs(gradient).max() > 0, parameter
+
+
+def log_mixture_float64(z, log_weights, means, logvars):
+  """The mixture's log-density by the textbook formula, in float64 NumPy."""
+  z, means, logvars = (np.asarray(a, np.float64) for a in (z, means, logvars))
+  squares = (z[..., None, :] - means) ** 2 * np.exp(-logvars)
+  log_components = -0.5 * np.sum(squares + logvars + np.log(2 * np.pi), -1)
+  return special.logsumexp(log_components + np.asarray(log_weights, np.float64), -1)
+
+
+@pytest.mark.parametrize("log_variance", [0.0, -6.0, -14.0])
+def test_the_mixture_density_is_exact_for_narrow_components_far_from_the_origin(log_variance):
+  # 300 components clustered around a mean of size ~3, each narrower than their spread
+  # at -14: expanding the square into matmuls would be off by tens of nats there.
+  rng = np.random.default_rng(0)
+  sigma = np.exp(0.5 * log_variance)
+  center = rng.normal(0, 2, (1, 20))
+  means = (center + sigma * rng.normal(size=(300, 20))).astype(np.float32)
+  logvars = np.full((300, 20), log_variance, np.float32)
+  z = (center + sigma * rng.normal(size=(2, 50, 20))).astype(np.float32)
+  log_weights = np.asarray(jax.nn.log_softmax(jnp.asarray(rng.normal(size=300))))
+  got = priors.log_mixture_of_gaussians(z, log_weights, means, logvars)
+  expected = log_mixture_float64(z, log_weights, means, logvars)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=2e-4)
+
+
+def test_the_mixture_density_has_the_gradients_of_finite_differences():
+  jax.config.update("jax_enable_x64", True)
+  try:
+    rng = np.random.default_rng(1)
+    z, means, logvars = rng.normal(size=(2, 3, 4)), rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    log_weights = jax.nn.log_softmax(jnp.asarray(rng.normal(size=5)))
+    density = functools.partial(priors.log_mixture_of_gaussians, log_weights=log_weights)
+    test_util.check_grads(
+      lambda z, m, lv: density(z, means=m, logvars=lv), (z, means, logvars), order=2
+    )
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
+def hand_written_vampprior_elbo(params, x, eps):
+  """The one-sample VampPrior ELBO of small_vae("vampprior") from its raw parameters,
+  written out as Tomczak & Welling's code computes it: the prior as a logsumexp over the
+  encoder's posteriors at the clipped pseudo-inputs, by broadcasting."""
+
+  def encode(images):
+    (w0, b0), (w1, b1) = (
+      (layer["kernel"], layer["bias"]) for layer in params["encoder"]["layers"].values()
+    )
+    out = jnp.tanh(images.reshape(images.shape[0], -1) @ w0 + b0) @ w1 + b1
+    return jnp.split(out, 2, axis=-1)
+
+  def log_normal(z, mean, logvar):
+    return -0.5 * jnp.sum((z - mean) ** 2 / jnp.exp(logvar) + logvar + jnp.log(2 * jnp.pi), -1)
+
+  mean, logvar = encode(x)
+  z = mean + jnp.exp(0.5 * logvar) * eps
+  (w0, b0), (w1, b1) = (
+    (layer["kernel"], layer["bias"]) for layer in params["decoder"]["layers"].values()
+  )
+  logits = jnp.tanh(z @ w0 + b0) @ w1 + b1
+  log_px = jnp.sum(x.reshape(x.shape[0], -1) * logits - jax.nn.softplus(logits), -1)
+  prior_means, prior_logvars = encode(jnp.clip(params["prior"]["pseudo_inputs"], 0.0, 1.0))
+  num_components = prior_means.shape[0]
+  log_components = log_normal(z[:, None, :], prior_means[None], prior_logvars[None])
+  log_pz = jax.nn.logsumexp(log_components, -1) - jnp.log(num_components)
+  return jnp.mean(log_px + log_pz - log_normal(z, mean, logvar))
+
+
+def test_the_vampprior_elbo_and_its_gradients_match_a_hand_written_one():
+  vae = small_vae("vampprior")
+  graphdef, params = nnx.split(vae, nnx.Param)
+  # Some pseudo-pixels outside [0, 1], where the clip passes no gradient.
+  params["prior"]["pseudo_inputs"][...] = params["prior"]["pseudo_inputs"][...].at[0, 0].set(-0.2)
+  x = (jax.random.uniform(jax.random.key(3), (6, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  key = jax.random.key(4)
+  eps = jax.random.normal(key, (1, 6, 2))[0]  # the draw elbo_terms makes with this key
+
+  def library_elbo(params):
+    terms = nnx.merge(graphdef, params).elbo_terms(key, x, analytic_kl=False)
+    return jnp.mean(terms.reconstruction - terms.kl)
+
+  value, grads = jax.value_and_grad(library_elbo)(params)
+  raw = nnx.to_pure_dict(params)
+  with jax.numpy_rank_promotion("allow"):  # written as one would, with implicit broadcasting
+    expected_value, expected_grads = jax.value_and_grad(hand_written_vampprior_elbo)(raw, x, eps)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+  for path, expected in jax.tree_util.tree_leaves_with_path(expected_grads):
+    got = functools.reduce(lambda tree, key: tree[key.key], path, nnx.to_pure_dict(grads))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=str(path))
+  pseudo_gradient = nnx.to_pure_dict(grads)["prior"]["pseudo_inputs"]
+  assert pseudo_gradient[0, 0, 0, 0] == 0 and np.abs(pseudo_gradient).max() > 0
 
 
 def test_a_non_standard_prior_needs_a_sampled_kl_and_evaluates_without_per_dimension_kl():

@@ -40,7 +40,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.stochastic_layers = 1  # 2: Burda et al.'s x -> h1 -> h2 (MLP, unconditional)
   config.top_hidden = (100, 100)  # second stochastic block's hidden layers (stochastic_layers=2)
   config.top_latent_dim = 50  # h2's dimension (stochastic_layers=2)
-  config.activation = "tanh"  # of the hidden layers: vae_jax.networks.ACTIVATIONS
+  config.activation = "tanh"  # of the hidden layers: vae_jax.networks.ACTIVATIONS, or "gated"
+  config.weight_init = "lecun_normal"  # of the MLPs' kernels: "lecun_normal" | "he_normal"
   config.likelihood = "bernoulli"  # p(x|z): vae_jax.likelihoods.LIKELIHOODS
   # the precision of the networks' matmuls; parameters, optimizer state, every log-density,
   # KL and logsumexp, and the first layer of networks that take latent samples stay float32.
@@ -59,6 +60,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   # encoder) | "iaf" (Kingma et al. 2016's inverse autoregressive flow); see posteriors.py.
   config.posterior = "diagonal"
   config.flow_steps = 2  # IAF steps (posterior="iaf")
+  # (low, high) clips the diagonal posterior's log-variance (Tomczak & Welling: (-6, 2)).
+  config.logvar_range = ()  # () leaves it free
 
   # Objective.
   config.objective = "elbo"  # a name in vae_jax.losses.LOSSES: "elbo" | "iwae"
@@ -77,8 +80,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9  # Adam's first-moment decay
   config.adam_b2 = 0.999  # Adam's second-moment decay
   config.adam_eps = 1e-8  # Adam's epsilon (Burda et al.: 1e-4)
+  # Tomczak & Welling's AdamNormGrad: each parameter's gradient divided by its L2 norm.
+  config.adam_normgrad = False
   config.batch_size = 100  # images per step (per seed)
-  config.num_epochs = 100  # passes over the training set
+  config.num_epochs = 100  # passes over the training set (the most, with early stopping)
+  # stop when the validation ELBO has not improved for this many epochs (those of KL
+  # warm-up not counted), and evaluate the best epoch's parameters; 0: no early stopping.
+  config.early_stopping_epochs = 0
   config.steps_per_call = 0  # steps per device call (and checkpoint granularity); 0 = one epoch
 
   # Runs.
@@ -155,7 +163,13 @@ def _check_data(config) -> None:
 def _check_model(config) -> None:
   _choice(config, "likelihood", likelihoods.LIKELIHOODS)
   _choice(config, "architecture", ("mlp", "conv"))
-  _choice(config, "activation", sorted(networks.ACTIVATIONS))
+  _choice(config, "activation", [*sorted(networks.ACTIVATIONS), networks.GATED])
+  _choice(config, "weight_init", list(networks.WEIGHT_INITS))
+  logvar_range = tuple(config.logvar_range)
+  _check(
+    logvar_range == () or (len(logvar_range) == 2 and logvar_range[0] < logvar_range[1]),
+    f"logvar_range={logvar_range!r}: give (low, high) with low < high, or () for none.",
+  )
   _choice(config, "stochastic_layers", (1, 2))
   _choice(config, "dtype", ("float32", "bfloat16"))
   _choice(config, "prior", priors.PRIORS)
@@ -196,6 +210,7 @@ def _check_optimizer(config) -> None:
   for name in ("batch_size", "num_epochs", "num_seeds"):
     _at_least(config, name, 1)
   _at_least(config, "steps_per_call", 0, " (0: one epoch)")
+  _at_least(config, "early_stopping_epochs", 0, " (0: none)")
 
 
 def _check_evaluation(config) -> None:
@@ -226,6 +241,18 @@ def _check_combinations(config) -> None:
     _check(
       config.stochastic_layers == 1,
       f"prior={config.prior!r} is a prior of one stochastic layer: set stochastic_layers=1.",
+    )
+  if config.activation == "gated" or config.weight_init != "lecun_normal":
+    _check(
+      config.architecture == "mlp",
+      f"activation={config.activation!r} and weight_init={config.weight_init!r} are options "
+      "of the MLP networks: set architecture='mlp'.",
+    )
+  if tuple(config.logvar_range):
+    _check(
+      config.stochastic_layers == 1 and config.posterior == "diagonal",
+      "logvar_range clips the log-variance of a diagonal posterior of one stochastic layer: "
+      "set stochastic_layers=1 and posterior='diagonal', or logvar_range=().",
     )
   _check(
     not (config.prior == "vampprior" and config.conditional),

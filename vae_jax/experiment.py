@@ -54,6 +54,13 @@ class Experiment:
         f"{self.steps_per_epoch} steps of an epoch."
       )
     self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.early_stopping = config.early_stopping_epochs > 0
+    if self.early_stopping and not len(dataset.validation_images):
+      raise ValueError(
+        f"early_stopping_epochs={config.early_stopping_epochs} needs a validation split, and "
+        f"dataset {config.dataset!r} has none here: hold one out with validation_size (e.g. "
+        "10000 for MNIST), or set early_stopping_epochs=0."
+      )
     if model is None:
       self.make_model = lambda rngs: state_lib.make_model(
         config, dataset.image_shape, dataset.num_classes, rngs
@@ -97,6 +104,9 @@ class Experiment:
     )
     self.seed_params = jax.jit(
       lambda params, seed: jax.tree.map(lambda a: a[seed], params), out_shardings=self.sharding
+    )
+    self.update_early_stopping = jax.jit(
+      self._update_early_stopping, donate_argnums=0, out_shardings=self.state_sharding
     )
 
   def map_seeds(self, fn, *args):
@@ -144,7 +154,25 @@ class Experiment:
   # --- State -------------------------------------------------------------------------
 
   def _initial_state(self, seed_key):
-    return state_lib.init_state(self.make_model, self.optimizer, seed_key)
+    return state_lib.init_state(
+      self.make_model, self.optimizer, seed_key, early_stopping=self.early_stopping
+    )
+
+  def final_params(self, state):
+    """The parameters a run reports: the best validation epoch's with early stopping, else
+    the last."""
+    return state["early_stopping"]["best_params"] if self.early_stopping else state["params"]
+
+  def _update_early_stopping(self, state, valid_elbo, epoch):
+    """The state with every seed's early stopping updated by its validation ELBO, [seeds]."""
+    update = functools.partial(
+      state_lib.update_early_stopping,
+      epoch=epoch,
+      patience=self.config.early_stopping_epochs,
+      warmup_epochs=self.config.kl_warmup_epochs,
+    )
+    early_stopping = jax.vmap(update)(state["early_stopping"], state["params"], valid_elbo)
+    return {**state, "early_stopping": early_stopping}
 
   def initial_state(self):
     """The train state of every seed, stacked on a leading axis, created in place on the mesh."""
@@ -184,6 +212,7 @@ class Experiment:
     )
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
     new_state = {
+      **state,  # early stopping's part changes only between epochs
       "params": optax.apply_updates(state["params"], updates),
       "opt_state": opt_state,
       "step": step + 1,

@@ -143,6 +143,10 @@ class VAE(_ImageModel):
   whose parameters train with the model's. `posterior` is a name in
   posteriors.POSTERIORS: "diagonal" (encode returns (mean, logvar)), "full_covariance"
   or "iaf" with `flow_steps` steps (encode returns a distribution, whose KL is sampled).
+  `logvar_range` = (low, high) clips the diagonal posterior's log-variance, as the
+  Hardtanh(-6, 2) of Tomczak & Welling 2018 (its gradient is 0 outside the range).
+  `activation` may be networks.GATED and `weight_init` a name in networks.WEIGHT_INITS
+  (both for the MLP architecture).
   """
 
   def __init__(
@@ -162,6 +166,8 @@ class VAE(_ImageModel):
     prior_components: int = 500,
     posterior: str = "diagonal",
     flow_steps: int = 2,
+    logvar_range: tuple[float, float] | None = None,
+    weight_init: str = "lecun_normal",
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -198,23 +204,27 @@ class VAE(_ImageModel):
     self.has_analytic_kl = isinstance(prior, priors.StandardNormal) and posterior == "diagonal"
     encoder_outputs = posteriors.encoder_outputs(posterior, latent_dim)
     outputs = self.likelihood.outputs_per_pixel
-    if architecture == "mlp":
-      self.encoder = networks.MLP(
-        num_pixels + num_classes,
-        hidden,
-        encoder_outputs,
-        activation=activation,
-        dtype=dtype,
-        rngs=rngs,
+    if logvar_range is not None and (posterior != "diagonal" or len(logvar_range) != 2):
+      raise ValueError(
+        f"logvar_range={logvar_range!r} clips the diagonal posterior's log-variance: give "
+        "(low, high) with posterior='diagonal', or None."
       )
+    self.logvar_range = None if logvar_range is None else tuple(map(float, logvar_range))
+    if architecture != "mlp" and (activation == networks.GATED or weight_init != "lecun_normal"):
+      raise ValueError(
+        f"activation={activation!r} and weight_init={weight_init!r} are options of the MLP "
+        "networks: use architecture='mlp', or an activation of networks.ACTIVATIONS and "
+        "weight_init='lecun_normal'."
+      )
+    if architecture == "mlp":
+      mlp = dict(activation=activation, dtype=dtype, weight_init=weight_init, rngs=rngs)
+      self.encoder = networks.MLP(num_pixels + num_classes, hidden, encoder_outputs, **mlp)
       self.decoder = networks.MLP(
         latent_dim + num_classes,
         hidden[::-1],
         num_pixels * outputs,
-        activation=activation,
-        dtype=dtype,
         float32_first_layer=True,  # it takes latent samples
-        rngs=rngs,
+        **mlp,
       )
     elif architecture == "conv":
       height, width, channels = self.image_shape
@@ -284,6 +294,8 @@ class VAE(_ImageModel):
     if self.posterior == "iaf":
       return posteriors.iaf(out, self.latent_dim, list(self.flow))
     mean, logvar = jnp.split(out, 2, axis=-1)
+    if self.logvar_range is not None:
+      logvar = jnp.clip(logvar, *self.logvar_range)
     return mean, logvar
 
   def decoder_output(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -404,6 +416,7 @@ class TwoStochasticLayerVAE(_ImageModel):
     activation: str = "tanh",
     gaussian_logvar: float = 0.0,
     num_components: int = 10,
+    weight_init: str = "lecun_normal",
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -415,7 +428,7 @@ class TwoStochasticLayerVAE(_ImageModel):
     num_pixels = math.prod(self.image_shape)
     outputs = self.likelihood.outputs_per_pixel
     top_hidden = tuple(top_hidden)
-    mlp = dict(activation=activation, dtype=dtype, rngs=rngs)
+    mlp = dict(activation=activation, dtype=dtype, weight_init=weight_init, rngs=rngs)
     latent_mlp = dict(mlp, float32_first_layer=True)  # networks that take latent samples
     self.q_h1 = networks.MLP(num_pixels, hidden, 2 * latent_dim, **mlp)
     self.q_h2 = networks.MLP(latent_dim, top_hidden, 2 * top_latent_dim, **latent_mlp)

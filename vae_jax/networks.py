@@ -17,6 +17,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+#: The hidden units of config.activation beyond ACTIVATIONS: Dauphin et al.'s gated linear
+#: unit, h(x) * sigmoid(g(x)) with two dense maps (GatedDense), as Tomczak & Welling 2018 use.
+GATED = "gated"
+#: The values of config.weight_init: the initializers of the MLPs' kernels (biases start
+#: at 0). "lecun_normal" is Flax's default (truncated normal, variance 1 / fan_in);
+#: "he_normal" is a normal of variance 2 / fan_in, as in Tomczak & Welling's code.
+WEIGHT_INITS = {
+  "lecun_normal": nnx.initializers.lecun_normal(),
+  "he_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+}
+
+
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
   """The activation function called `name` (one of ACTIVATIONS)."""
   if name not in ACTIVATIONS:
@@ -24,8 +36,24 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[name]
 
 
+class GatedDense(nnx.Module):
+  """h(x) * sigmoid(g(x)), h and g dense maps: a gated hidden layer (Dauphin et al. 2017),
+  the hidden layer of Tomczak & Welling 2018's VAEs."""
+
+  def __init__(self, in_features: int, out_features: int, **linear):
+    """linear: the keyword arguments of both nnx.Linear maps (dtype, kernel_init, rngs...)."""
+    self.h = nnx.Linear(in_features, out_features, **linear)
+    self.g = nnx.Linear(in_features, out_features, **linear)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.h(x) * jax.nn.sigmoid(self.g(x))
+
+
 class MLP(nnx.Module):
   """Dense layers with an activation between them, none after the last.
+
+  `activation` is a name in ACTIVATIONS, or GATED for GatedDense hidden layers (which
+  take no further activation); `weight_init` a name in WEIGHT_INITS.
 
   `dtype` is the precision of the matmuls (float32 accumulation either way);
   `float32_first_layer` keeps the first one in float32 whatever `dtype` is: the
@@ -43,17 +71,23 @@ class MLP(nnx.Module):
     activation: str,
     dtype: jnp.dtype = jnp.float32,
     float32_first_layer: bool = False,
+    weight_init: str = "lecun_normal",
     rngs: nnx.Rngs,
   ):
+    if weight_init not in WEIGHT_INITS:
+      raise ValueError(f"Unknown weight_init {weight_init!r}; choose one of {list(WEIGHT_INITS)}.")
+    gated = activation == GATED
+    self.activation = (lambda h: h) if gated else activation_fn(activation)
     sizes = [in_features, *hidden, out_features]
     dtypes = [jnp.float32 if float32_first_layer else dtype] + [dtype] * (len(sizes) - 2)
-    self.layers = nnx.List(
-      [
-        nnx.Linear(a, b, dtype=d, preferred_element_type=jnp.float32, rngs=rngs)
-        for a, b, d in zip(sizes[:-1], sizes[1:], dtypes, strict=True)
-      ]
+    hidden_layer = GatedDense if gated else nnx.Linear
+    linear = dict(
+      preferred_element_type=jnp.float32, kernel_init=WEIGHT_INITS[weight_init], rngs=rngs
     )
-    self.activation = activation_fn(activation)
+    self.layers = nnx.List(
+      [hidden_layer(a, b, dtype=d, **linear) for a, b, d in zip(sizes[:-2], sizes[1:-1], dtypes)]
+      + [nnx.Linear(sizes[-2], sizes[-1], dtype=dtypes[-1], **linear)]
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for layer in self.layers[:-1]:

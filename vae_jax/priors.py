@@ -5,6 +5,7 @@ Each is what vae_jax.objectives takes as log_prior once the encoder is bound:
 components are the encoder's own posteriors; the others ignore it.
 """
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -24,13 +25,59 @@ def log_mixture_of_gaussians(
 ) -> jax.Array:
   """log sum_c w_c N(z; mean_c, diag(exp(logvar_c))) for z [..., latent]: [...].
 
+  Exact to float32 rounding at any variance, and about 12x faster to differentiate
+  on CPU than the same expression left to autodiff (see _scaled_square_distances).
+
   Args:
     log_weights: normalized log mixture weights, [C].
     means, logvars: the components', [C, latent].
   """
-  log_components = distributions.log_normal(z[..., None, :], means, logvars)  # [..., C]
+  latent = z.shape[-1]
+  distances = _scaled_square_distances(z.reshape(-1, latent), means, logvars)  # [N, C]
+  log_components = -0.5 * (distances + jnp.sum(logvars, axis=-1)[None] + latent * _LOG_2PI)
+  log_components = log_components.reshape(*z.shape[:-1], means.shape[0])
   log_weights = jnp.broadcast_to(log_weights, log_components.shape)
   return jax.nn.logsumexp(log_components + log_weights, axis=-1)
+
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_EXACT = jax.lax.Precision.HIGHEST  # no TF32 or bfloat16 passes in these contractions
+
+
+@jax.custom_jvp
+def _scaled_square_distances(z: jax.Array, means: jax.Array, logvars: jax.Array) -> jax.Array:
+  """sum_d ((z_nd - mean_cd) / sigma_cd)^2 for z [N, D] and C components [C, D]: [N, C].
+
+  Every (n, c, d) difference is formed: expanding the square into matmuls cancels
+  catastrophically when sigma << |mean|, as for trained posteriors (0.2 nats off at a
+  log-variance of -10, 80 at -14, for clustered components). Left to autodiff, the
+  backward pass of this [N, C, D] expression reduces over middle axes, which XLA runs
+  dozens of times slower than the forward pass; the tangents below are einsums
+  (dot_generals, also once transposed): value and gradient 12x faster at N=100, C=500,
+  D=40 on a CPU (`scripts/bench.py --mode=prior`).
+  """
+  return jnp.sum(jnp.square(_standardized(z, means, logvars)), axis=-1)
+
+
+def _standardized(z, means, logvars):
+  """(z_nd - mean_cd) / sigma_cd, [N, C, D]; sigma^-1 = exp(-logvar / 2) is finite
+  where exp(-logvar) would overflow."""
+  return (z[:, None, :] - means[None]) * jnp.exp(-0.5 * logvars)[None]
+
+
+@_scaled_square_distances.defjvp
+def _scaled_square_distances_jvp(primals, tangents):
+  z, means, logvars = primals
+  dz, dmeans, dlogvars = tangents
+  u = _standardized(z, means, logvars)
+  two_u_over_sigma = 2.0 * u * jnp.exp(-0.5 * logvars)[None]  # d/dz of u^2
+  squares = jnp.square(u)  # -d/dlogvar of u^2
+  tangent = (
+    jnp.einsum("ncd,nd->nc", two_u_over_sigma, dz, precision=_EXACT)
+    - jnp.einsum("ncd,cd->nc", two_u_over_sigma, dmeans, precision=_EXACT)
+    - jnp.einsum("ncd,cd->nc", squares, dlogvars, precision=_EXACT)
+  )
+  return jnp.sum(squares, axis=-1), tangent
 
 
 def _sample_components(key, log_weights, means, logvars, num_samples):

@@ -119,6 +119,21 @@ def training_seconds_by_device(records: list[dict]) -> dict[str, float]:
   return seconds
 
 
+def early_stopping_report(experiment: Experiment, state) -> dict[str, Any]:
+  """{"early_stopping": per seed, the epoch whose parameters are evaluated, its validation
+  ELBO and whether the seed stopped}; {} for a run without early stopping."""
+  if not experiment.early_stopping:
+    return {}
+  early_stopping = jax.device_get(state["early_stopping"])
+  return {
+    "early_stopping": {
+      "best_epoch": early_stopping["best_epoch"].tolist(),
+      "best_valid_elbo": early_stopping["best_elbo"].tolist(),
+      "stopped": early_stopping["stopped"].tolist(),
+    }
+  }
+
+
 def final_evaluation(
   experiment: Experiment,
   state,
@@ -131,14 +146,16 @@ def final_evaluation(
   training_seconds_by_device,
 ):
   """The full test-set evaluation, pictures, summary.json and index.html (process 0 writes)."""
+  params = experiment.final_params(state)
   summary = evaluation_report(
-    experiment, state["params"], test_x, test_labels, split="test", step=step, command=command
+    experiment, params, test_x, test_labels, split="test", step=step, command=command
   )
+  summary.update(early_stopping_report(experiment, state))
   summary["training_seconds"] = training_seconds
   if training_seconds_by_device:  # empty on processes other than 0, which write no files
     summary["training_seconds_by_device"] = training_seconds_by_device
   summary["config"] = json.loads(experiment.config.to_json_best_effort())
-  publish(experiment, state["params"], test_x, test_labels, workdir, summary, "summary.json")
+  publish(experiment, params, test_x, test_labels, workdir, summary, "summary.json")
   return summary
 
 
@@ -307,6 +324,13 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
   rows = _headline_rows(report)
   width = max(len(what) for what, _ in rows)
   lines += [f"  {what:<{width}}  {value}" for what, value in rows]
+  if "early_stopping" in report:
+    early_stopping = report["early_stopping"]
+    lines.append(
+      f"Early stopping: the parameters of epoch {_per_seed(early_stopping['best_epoch'])}, the "
+      f"best validation ELBO ({_per_seed(early_stopping['best_valid_elbo'], '.2f')})"
+      + ("." if all(early_stopping["stopped"]) else ", before the patience ran out.")
+    )
   seconds = report.get("training_seconds")
   by_device = report.get("training_seconds_by_device", {})
   where = (  # only when the run moved between machines
@@ -322,6 +346,11 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
   lines.append(f"Workdir {workdir}: {', '.join(files)}")
   lines.append(f"Open {os.path.join(workdir, 'index.html')} to see the pictures with the numbers.")
   return "\n".join(lines)
+
+
+def _per_seed(values: list, spec: str = "") -> str:
+  """One seed's value, or every seed's separated by slashes."""
+  return " / ".join(format(value, spec) for value in values)
 
 
 def _setting(value) -> str:
@@ -396,6 +425,7 @@ def markdown(report: dict, split: str) -> str:
     "log_likelihood_num_samples",
     "num_seeds",
     "steps",
+    "early_stopping",
     "device",
     "evaluation_seconds",
     "command",

@@ -32,6 +32,7 @@ def make_model(
     activation=config.activation,
     gaussian_logvar=config.gaussian_logvar,
     num_components=config.num_components,
+    weight_init=config.weight_init,
     dtype=jnp.dtype(config.dtype),
     rngs=rngs,
   )
@@ -47,6 +48,7 @@ def make_model(
     prior_components=config.prior_components,
     posterior=config.posterior,
     flow_steps=config.flow_steps,
+    logvar_range=tuple(config.logvar_range) or None,
     **shared,
   )
 
@@ -66,16 +68,28 @@ def learning_rate_schedule(
   )
 
 
+def normalize_each_gradient(eps: float = 1e-7) -> optax.GradientTransformation:
+  """Divides each parameter's gradient by its own L2 norm (+ eps): chained before Adam, it
+  is Tomczak & Welling's AdamNormGrad (their utils/optimizer.py, with their eps)."""
+  return optax.stateless(
+    lambda updates, params=None: jax.tree.map(
+      lambda g: g / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps), updates
+    )
+  )
+
+
 def make_optimizer(
   config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
-  """Adam with the config's learning-rate schedule and moments."""
-  return optax.adam(
+  """Adam with the config's learning-rate schedule and moments (AdamNormGrad where
+  config.adam_normgrad)."""
+  adam = optax.adam(
     learning_rate_schedule(config, steps_per_epoch),
     b1=config.adam_b1,
     b2=config.adam_b2,
     eps=config.adam_eps,
   )
+  return optax.chain(normalize_each_gradient(), adam) if config.adam_normgrad else adam
 
 
 def seed_keys(config: ml_collections.ConfigDict) -> jax.Array:
@@ -97,7 +111,52 @@ def matmul_precision(name: str):
   return jax.default_matmul_precision(name)
 
 
-def init_state(make_model, optimizer: optax.GradientTransformation, seed_key: jax.Array):
-  """One seed's train state: make_model(rngs) initialized from the seed's "init" stream."""
+def init_state(
+  make_model,
+  optimizer: optax.GradientTransformation,
+  seed_key: jax.Array,
+  *,
+  early_stopping: bool = False,
+):
+  """One seed's train state: make_model(rngs) initialized from the seed's "init" stream;
+  with early_stopping, also its state (see init_early_stopping)."""
   params = nnx.state(make_model(nnx.Rngs(purpose_keys(seed_key)["init"])), nnx.Param)
-  return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+  if early_stopping:
+    state["early_stopping"] = init_early_stopping(params)
+  return state
+
+
+def init_early_stopping(params) -> dict:
+  """Early stopping's part of a seed's train state, checkpointed with the rest: the best
+  validation ELBO so far, its epoch and parameters, the epochs since, and whether the
+  seed has stopped (its best is then final)."""
+  return {
+    "best_params": jax.tree.map(jnp.copy, params),
+    "best_elbo": jnp.full((), -jnp.inf, jnp.float32),
+    "best_epoch": jnp.zeros((), jnp.int32),
+    "epochs_without_improvement": jnp.zeros((), jnp.int32),
+    "stopped": jnp.zeros((), bool),
+  }
+
+
+def update_early_stopping(
+  early_stopping: dict, params, valid_elbo: jax.Array, epoch, *, patience: int, warmup_epochs: int
+) -> dict:
+  """One seed's early-stopping state after an epoch with this validation ELBO.
+
+  An improvement keeps the parameters; the epochs after warm-up without one are counted,
+  and at `patience` of them the seed stops. A stopped seed's state no longer changes."""
+  active = ~early_stopping["stopped"]
+  improved = active & (valid_elbo > early_stopping["best_elbo"])
+  counted = active & ~improved & (epoch > warmup_epochs)
+  without = jnp.where(improved, 0, early_stopping["epochs_without_improvement"] + counted)
+  return {
+    "best_params": jax.tree.map(
+      lambda new, best: jnp.where(improved, new, best), params, early_stopping["best_params"]
+    ),
+    "best_elbo": jnp.where(improved, valid_elbo, early_stopping["best_elbo"]),
+    "best_epoch": jnp.where(improved, epoch, early_stopping["best_epoch"]),
+    "epochs_without_improvement": without,
+    "stopped": early_stopping["stopped"] | (without >= patience),
+  }

@@ -25,6 +25,10 @@ from vae_jax.config import check_resumable, load_workdir_config, validate_config
 from vae_jax.experiment import Experiment
 from vae_jax.progress import Progress, format_duration
 
+#: A test KL below this many nats per image means that the posterior has collapsed: the
+#: trainer then says so once.
+COLLAPSED_KL = 0.01
+
 
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
@@ -92,9 +96,13 @@ def train_and_evaluate(
   progress = Progress(
     config.num_epochs, "training", unit="epochs", initial=first_epoch, log_lines=False
   )
+  collapse_reported = False
+  stopped_early = experiment.early_stopping and bool(
+    np.all(jax.device_get(state["early_stopping"]["stopped"]))
+  )
   try:
     with _StopSignal() as stop, progress:
-      while step < experiment.total_steps:
+      while step < experiment.total_steps and not stopped_early:
         start = time.perf_counter()
         # A copy, since train_chunk donates and overwrites its input.
         last_good_state = experiment.copy_state(state)
@@ -125,13 +133,21 @@ def train_and_evaluate(
             for split, (x, labels) in eval_splits.items()
             for k, v in jax.device_get(experiment.evaluate(state["params"], x, labels)).items()
           }
+          if experiment.early_stopping:
+            state = experiment.update_early_stopping(state, evaluations["valid/elbo"], epoch)
+            early_stopping = jax.device_get(state["early_stopping"])
+            evaluations["valid/best_elbo"] = early_stopping["best_elbo"]
+            evaluations["valid/best_epoch"] = early_stopping["best_epoch"]
+            stopped_early = bool(np.all(early_stopping["stopped"]))
           record = report.mean_over_seeds({**train, **evaluations})
           record["epoch"] = epoch
           record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
           record["train_seconds"] = epoch_seconds
           record["device"] = device
           checkpoint_now = (
-            epoch % config.checkpoint_every_epochs == 0 or step == experiment.total_steps
+            epoch % config.checkpoint_every_epochs == 0
+            or step == experiment.total_steps
+            or stopped_early
           )
           if checkpoint_now:
             checkpointer.save(step, state)
@@ -145,9 +161,28 @@ def train_and_evaluate(
             f"{record['images_per_second']:.0f} img/s | ETA {format_duration(eta)}"
           )
           progress.update(1, loss=f"{record['train/loss']:.2f}", elbo=f"{record['test/elbo']:.2f}")
+          if abs(record["test/kl"]) < COLLAPSED_KL and not collapse_reported:
+            collapse_reported = True
+            progress.write(
+              f"Warning: the test KL is {record['test/kl']:.4f} nats at epoch {epoch}: q(z|x) "
+              "no longer depends on x (posterior collapse), and the model is the pixel "
+              "marginal. KL warm-up (kl_warmup_epochs) or non-saturating layers may avoid it; "
+              "see docs/guide/priors.md on the VampPrior with tanh layers."
+            )
+          if experiment.early_stopping:
+            line += (
+              f" | valid elbo {record['valid/elbo']:.2f}, best "
+              f"{record['valid/best_elbo']:.2f} (epoch {early_stopping['best_epoch'].max()})"
+            )
           # A bar shows every epoch; above it, a line at each checkpoint (and the last epoch).
           if checkpoint_now or not progress.interactive:
             progress.write(line)
+          if stopped_early:
+            progress.write(
+              f"Early stopping at epoch {epoch}: no seed's validation ELBO improved in the "
+              f"last {config.early_stopping_epochs} epochs after warm-up; the best epoch's "
+              "parameters are evaluated."
+            )
           epoch_metrics, epoch_seconds = [], 0.0
         # Every process must take the same branch: a signal to one host stops them all.
         stop_signal = parallel.max_over_processes(stop.signal or 0)
@@ -232,6 +267,8 @@ def restore_model(
 ) -> tuple[models.LatentVariableModel, int]:
   """The model of a workdir's newest intact checkpoint, and the checkpoint's step.
 
+  With early stopping, the model is the best validation epoch's (what the run reports).
+
   Args:
     workdir: a workdir of train_and_evaluate.
     seed: which of the run's seeds.
@@ -244,4 +281,5 @@ def restore_model(
     dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset, model=model)
   step, state = experiment.restore(workdir)
-  return experiment.model(jax.device_get(experiment.seed_params(state["params"], seed))), step
+  params = experiment.seed_params(experiment.final_params(state), seed)
+  return experiment.model(jax.device_get(params)), step
