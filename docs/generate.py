@@ -47,6 +47,8 @@ TOMCZAK2018_TABLE2 = {
 }
 README_TABLE_BEGIN = "<!-- table1: python docs/generate.py renders it from results/*/eval.json -->"
 README_TABLE_END = "<!-- /table1 -->"
+README_TABLE2_BEGIN = "<!-- table2: python docs/generate.py renders it from results/*/eval.json -->"
+README_TABLE2_END = "<!-- /table2 -->"
 README_SPEED_BEGIN = "<!-- speed: python docs/generate.py renders it from results/benchmarks -->"
 README_SPEED_END = "<!-- /speed -->"
 
@@ -245,9 +247,10 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def table2_md() -> str:
+def table2_md(*, link: bool) -> str:
   """Tomczak & Welling's Table 2 beside each run: its eval.json where it has finished, its
-  progress (from metrics.jsonl) while it trains."""
+  progress (from metrics.jsonl) while it trains; link: the run column links to
+  results/<run> (from the README), else names the folder."""
   lines = [
     "| prior | MNIST | paper | IS-5000 here | ELBO | best epoch / trained | minutes | run |",
     "|---|---|---|---|---|---|---|---|",
@@ -277,8 +280,9 @@ def table2_md() -> str:
       ]
     else:
       cells = ["not started", "", "", ""]
+    name = f"[{run}](results/{run})" if link and os.path.isdir(folder) else f"`results/{run}/`"
     lines.append(
-      f"| {prior} | {binarization} | {_nats(paper)} | " + " | ".join(cells) + f" | `{run}` |"
+      f"| {prior} | {binarization} | {_nats(paper)} | " + " | ".join(cells) + f" | {name} |"
     )
   return "\n".join(lines)
 
@@ -374,6 +378,11 @@ def posteriors_md() -> str:
 def readme_table1() -> str:
   """The README's Table 1 block, markers included."""
   return f"{README_TABLE_BEGIN}\n{table1_md(link=True)}\n{README_TABLE_END}"
+
+
+def readme_table2() -> str:
+  """The README's Table 2 block, markers included."""
+  return f"{README_TABLE2_BEGIN}\n{table2_md(link=True)}\n{README_TABLE2_END}"
 
 
 def speed_line() -> str:
@@ -504,7 +513,7 @@ def write_all(out: str) -> None:
     "table1.md": table1_md(link=False) + "\n\n" + table1_details_md(),
     "benchmarks.md": benchmarks_md(),
     "posteriors_mnist.md": posteriors_md(),
-    "table2.md": table2_md(),
+    "table2.md": table2_md(link=False),
     "vampprior_collapse.md": diagnosis_md("collapse"),
     "vampprior_short_budget.md": diagnosis_md("short_budget"),
   }
@@ -525,6 +534,7 @@ def update_readme() -> None:
     text = f.read()
   for begin, end, render in (
     (README_TABLE_BEGIN, README_TABLE_END, readme_table1),
+    (README_TABLE2_BEGIN, README_TABLE2_END, readme_table2),
     (README_SPEED_BEGIN, README_SPEED_END, readme_speed),
   ):
     pattern = re.escape(begin) + ".*?" + re.escape(end)

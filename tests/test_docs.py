@@ -56,6 +56,20 @@ def test_readme_table1_is_the_rendered_one():
   assert generate.readme_table1() in readme(), "run `python docs/generate.py` to re-render it"
 
 
+def test_readme_table2_is_the_rendered_one_with_the_eval_json_numbers():
+  assert generate.readme_table2() in readme(), "run `python docs/generate.py` to re-render it"
+  for run, (_, _, paper) in generate.TOMCZAK2018_TABLE2.items():
+    path = os.path.join(helpers.REPO, "results", run, "eval.json")
+    line = next(line for line in readme().splitlines() if line.startswith("|") and run in line)
+    numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", line.replace("−", "-"))]
+    assert numbers[0] == paper, run
+    if os.path.exists(path):  # a finished run: its IS-5000 and standard error
+      with open(path) as f:
+        report = json.load(f)
+      expected = [report["test_log_likelihood"], report["test_log_likelihood_stderr"]]
+      assert numbers[1:3] == [round(x, 2) for x in expected], run
+
+
 def test_readme_is_a_front_door():
   text = readme()
   assert len(text.splitlines()) <= 200

@@ -62,7 +62,7 @@ def test_a_run_stops_and_reports_its_best_validation_epoch(dataset_with_validati
   assert len(records) == epochs < config.num_epochs  # it stopped early
   experiment = Experiment(config, dataset_with_validation)
   _, state = experiment.restore(workdir)
-  early_stopping = jax.device_get(state["early_stopping"])
+  early_stopping = jax.device_get(experiment.early_stopping_numbers(state))
   assert summary["early_stopping"]["best_epoch"] == early_stopping["best_epoch"].tolist()
   assert early_stopping["stopped"].all()
   valid_x, valid_labels = experiment.eval_inputs(

@@ -108,6 +108,11 @@ class Experiment:
     self.update_early_stopping = jax.jit(
       self._update_early_stopping, donate_argnums=0, out_shardings=self.state_sharding
     )
+    # Early stopping's numbers without the parameters, replicated: what every process reads.
+    self.early_stopping_numbers = jax.jit(
+      lambda state: {k: v for k, v in state["early_stopping"].items() if k != "best_params"},
+      out_shardings=self.sharding,
+    )
 
   def map_seeds(self, fn, *args):
     """fn over the leading seed axis of args: jax.vmap, or a plain call for one seed.

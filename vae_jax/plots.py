@@ -183,8 +183,10 @@ def latent_scatter(
   else:
     points, axis_names = means, ("z1", "z2")
   figure, axes = _figure()
-  scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, s=4, cmap="tab10")
-  if labels is not None:
+  if labels is None:  # a dataset without classes
+    axes.scatter(points[:, 0], points[:, 1], s=4)
+  else:
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, s=4, cmap="tab10")
     figure.colorbar(scatter, ax=axes, label="class")
   axes.set_xlabel(axis_names[0])
   axes.set_ylabel(axis_names[1])

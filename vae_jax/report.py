@@ -124,7 +124,7 @@ def early_stopping_report(experiment: Experiment, state) -> dict[str, Any]:
   ELBO and whether the seed stopped}; {} for a run without early stopping."""
   if not experiment.early_stopping:
     return {}
-  early_stopping = jax.device_get(state["early_stopping"])
+  early_stopping = jax.device_get(experiment.early_stopping_numbers(state))
   return {
     "early_stopping": {
       "best_epoch": early_stopping["best_epoch"].tolist(),
@@ -178,9 +178,12 @@ def publish(experiment: Experiment, params, x, labels, workdir, report, json_nam
 def caption(report: dict[str, Any]) -> str:
   """What a picture comes from: dataset, binarization, epoch, ELBO of the evaluated split."""
   split = report["split"]
+  epoch = f"{report['epochs']:g}"
+  if "early_stopping" in report:  # the pictures are of the first seed's best epoch
+    epoch = f"{report['early_stopping']['best_epoch'][0]} (the best of {epoch})"
   return (
-    f"{report['dataset']}, {report['binarization']} binarization, epoch "
-    f"{report['epochs']:g}, {split} ELBO {report[f'{split}_elbo']:.2f} nats"
+    f"{report['dataset']}, {report['binarization']} binarization, epoch {epoch}, "
+    f"{split} ELBO {report[f'{split}_elbo']:.2f} nats"
   )
 
 

@@ -98,7 +98,7 @@ def train_and_evaluate(
   )
   collapse_reported = False
   stopped_early = experiment.early_stopping and bool(
-    np.all(jax.device_get(state["early_stopping"]["stopped"]))
+    np.all(jax.device_get(experiment.early_stopping_numbers(state)["stopped"]))
   )
   try:
     with _StopSignal() as stop, progress:
@@ -135,7 +135,7 @@ def train_and_evaluate(
           }
           if experiment.early_stopping:
             state = experiment.update_early_stopping(state, evaluations["valid/elbo"], epoch)
-            early_stopping = jax.device_get(state["early_stopping"])
+            early_stopping = jax.device_get(experiment.early_stopping_numbers(state))
             evaluations["valid/best_elbo"] = early_stopping["best_elbo"]
             evaluations["valid/best_epoch"] = early_stopping["best_epoch"]
             stopped_early = bool(np.all(early_stopping["stopped"]))
