@@ -4,7 +4,8 @@
   python scripts/vampprior_diagnosis.py --data_dir=DATA_DIR --runs=collapse/vamp500
 
 Two groups, each run a train_and_evaluate workdir whose summary.json and metrics.jsonl are
-kept under --out (results/tomczak2018_diagnosis/ by default; its checkpoints are not):
+kept under --out (results/tomczak2018_diagnosis/ by default; its checkpoints are not),
+with saturation.json: how much of the encoder's last tanh layer is saturated at the end:
   - collapse/: full MNIST (dynamic, all 60,000 images), 10 epochs, the KL sampled, the
     IS log-likelihood with 500 samples: the default tanh 200-200-50 network with the
     standard prior, the VampPrior (500 or 50 pseudo-inputs, pseudo-inputs drawn from the
@@ -22,6 +23,7 @@ import os
 import shutil
 import tempfile
 
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -106,6 +108,30 @@ def pseudo_inputs_from_data(config, dataset):
   return model
 
 
+def encoder_saturation(model, x) -> float | None:
+  """The fraction of the encoder's last hidden tanh layer that is saturated (|h| > 0.99)
+  over the images x; None for other networks."""
+  layers = getattr(getattr(model, "encoder", None), "layers", None)
+  if layers is None or model.encoder.activation is not jnp.tanh:
+    return None
+  h = x.reshape(x.shape[0], -1)
+  for layer in layers[:-1]:
+    h = jnp.tanh(layer(h))
+  return float(jnp.mean(jnp.abs(h) > 0.99))
+
+
+def keep_run(workdir: str, keep: str, dataset) -> None:
+  """Copies a run's summary.json and metrics.jsonl to keep, with the saturation of its
+  encoder on the first 1,000 test images (binarized at 0.5) in saturation.json."""
+  os.makedirs(keep, exist_ok=True)
+  for file in ("summary.json", "metrics.jsonl"):
+    shutil.copy(os.path.join(workdir, file), keep)
+  model, _ = train.restore_model(workdir, dataset=dataset)
+  x = (dataset.test_images[:1000] > 127).astype(np.float32)
+  with open(os.path.join(keep, "saturation.json"), "w") as f:
+    json.dump({"saturated_fraction": encoder_saturation(model, jnp.asarray(x))}, f)
+
+
 def main(argv):
   del argv
   for group, (base, runs) in GROUPS.items():
@@ -120,9 +146,7 @@ def main(argv):
       workdir = tempfile.mkdtemp(prefix=f"{name}_")
       train.train_and_evaluate(config, workdir, model=model, dataset=dataset)
       keep = os.path.join(_OUT.value, group, name)
-      os.makedirs(keep, exist_ok=True)
-      for file in ("summary.json", "metrics.jsonl"):
-        shutil.copy(os.path.join(workdir, file), keep)
+      keep_run(workdir, keep, dataset)
       shutil.rmtree(workdir)
       with open(os.path.join(keep, "summary.json")) as f:
         print(f"{group}/{name}: IS {json.load(f)['test_log_likelihood']:.2f}", flush=True)
