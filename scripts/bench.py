@@ -96,6 +96,9 @@ from vae_jax import state as state_lib
 from vae_jax.config import build_config
 from vae_jax.experiment import Experiment
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
+from experiments.configs import tomczak2018_vae_static  # noqa: E402
+
 _KS = flags.DEFINE_list("ks", ["1", "50"], "Numbers of samples K to measure (1: ELBO, >1: IWAE).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; medians are reported.")
 _EPOCHS_PER_ROUND = flags.DEFINE_integer("epochs_per_round", 3, "Epochs timed per round (K=1).")
@@ -782,15 +785,7 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
 
 
 #: Tomczak & Welling 2018's one-stochastic-layer VAE (--mode=prior).
-TOMCZAK2018 = dict(
-  hidden=(300, 300),
-  latent_dim=40,
-  activation="gated",
-  weight_init="he_normal",
-  logvar_range=(-6.0, 2.0),
-  prior_components=500,
-  analytic_kl=False,
-)
+TOMCZAK2018 = dict(tomczak2018_vae_static.NETWORK, prior_components=500, analytic_kl=False)
 
 
 def _time(fn, *args, repeats: int = 20) -> float:

@@ -21,6 +21,7 @@ docs/generate.py renders the tables from the kept files.
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import jax.numpy as jnp
@@ -29,6 +30,9 @@ from absl import app, flags
 from flax import nnx
 
 from vae_jax import data, train
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
+from experiments.configs import tomczak2018_vae_static  # noqa: E402
 from vae_jax import state as state_lib
 from vae_jax.config import build_config
 
@@ -43,13 +47,7 @@ _OUT = flags.DEFINE_string(
 _RUNS = flags.DEFINE_list("runs", None, "GROUP/NAME of the runs to train (default: all).")
 
 #: Tomczak & Welling's network: gated 300-300, 40 latents, He init, log-variance in [-6, 2].
-AUTHORS = dict(
-  hidden=(300, 300),
-  latent_dim=40,
-  activation="gated",
-  weight_init="he_normal",
-  logvar_range=(-6.0, 2.0),
-)
+AUTHORS = tomczak2018_vae_static.NETWORK
 VAMP = dict(prior="vampprior")
 GROUPS = {
   "collapse": (

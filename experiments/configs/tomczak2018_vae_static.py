@@ -20,16 +20,22 @@ offline with
 
 from vae_jax.config import get_default_config
 
+#: The authors' network: gated 784-300-300-40 and back, He init, log-variance in [-6, 2]
+#: (also what scripts/bench.py --mode=prior and scripts/vampprior_diagnosis.py train).
+NETWORK = dict(
+  hidden=(300, 300),
+  latent_dim=40,
+  activation="gated",
+  weight_init="he_normal",
+  logvar_range=(-6.0, 2.0),
+)
+
 
 def get_config():
   config = get_default_config()
   config.dataset = "binarized_mnist"
   config.binarization = "static"
-  config.hidden = (300, 300)
-  config.latent_dim = 40
-  config.activation = "gated"
-  config.weight_init = "he_normal"
-  config.logvar_range = (-6.0, 2.0)
+  config.update(NETWORK)
   config.objective = "elbo"
   config.analytic_kl = False  # as the authors estimate it, for both priors
   config.kl_warmup_epochs = 100
