@@ -26,7 +26,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_SECTIONS = {
   "The pure API": ("objectives", "distributions", "likelihoods", "priors", "posteriors"),
   "Models": ("models", "networks"),
-  "Training": ("config", "losses", "train", "experiment", "state", "checkpoints", "metrics"),
+  "Training": (
+    "config",
+    "sweeps",
+    "losses",
+    "train",
+    "experiment",
+    "state",
+    "checkpoints",
+    "metrics",
+  ),
   "Evaluation and pictures": ("evaluation", "report", "plots"),
   "Data, devices and progress": ("data", "parallel", "progress"),
 }
@@ -427,6 +436,7 @@ MODE_TITLES = {
   "precision": "bfloat16 against float32",
   "matmul": "Dense-layer products",
   "prior": "A step with each prior",
+  "sweep": "A sweep in one program against separate runs",
 }
 # Record fields as table headers; a field not named here shows under its own name.
 COLUMNS = {
@@ -450,6 +460,12 @@ COLUMNS = {
   "matmul_cost_vs_standard": "the same, of its matmuls",
   "mixture_library_ms": "mixture density and gradient, library (ms)",
   "mixture_autodiff_ms": "the broadcast expression through autodiff (ms)",
+  "sweep_seconds": "one program (s)",
+  "separate_seconds": "separate runs (s)",
+  "speedup": "speed-up",
+  "sweep_steady_img_per_s": "one program, steady img/s",
+  "separate_steady_img_per_s": "separate runs, steady img/s",
+  "steady_speedup": "steady speed-up",
 }
 
 

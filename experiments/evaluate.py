@@ -6,7 +6,8 @@ importance-sampled log-likelihood with --num_samples samples (each with its
 standard error over test examples), bits/dim for 8-bit data, active units, KL
 per latent dimension, the binarization and the command; and the pictures
 (samples, reconstructions, interpolations, latent scatter, 2-D manifold,
-training curves) as PNGs in DIR.
+training curves) as PNGs in DIR. A sweep's workdir is evaluated member by member and
+compared as the trainer's summary compares it (docs/guide/sweeps.md).
 """
 
 import os
@@ -62,12 +63,11 @@ def main(argv):
     raise app.UsageError(f"{config.dataset} has no {_SPLIT.value} split in this config.")
   x, labels = experiment.eval_inputs(images, labels)
   command = shlex.join(["python", "-m", "experiments.evaluate", *sys.argv[1:]])
-  params = experiment.final_params(state)  # the best validation epoch's, with early stopping
+  # The best validation epoch's parameters with early stopping; every member of a sweep.
   results = report.evaluation_report(
-    experiment, params, x, labels, split=_SPLIT.value, step=step, command=command
+    experiment, state, x, labels, split=_SPLIT.value, step=step, command=command
   )
-  results.update(report.early_stopping_report(experiment, state))
-  report.publish(experiment, params, x, labels, workdir, results, "eval.json")
+  report.publish(experiment, state, x, labels, workdir, results, "eval.json")
   if not parallel.is_main_process():
     return
   with open(os.path.join(workdir, "eval.md"), "w") as f:

@@ -12,6 +12,7 @@
   python scripts/bench.py --mode=kernels --compile_for=h100      # the same for an H100, without one
   python scripts/bench.py --stochastic_layers=2 --batch_sizes=20 --ks=50   # Table 1's 2-layer IWAE
   python scripts/bench.py --num_seeds=8 --batch_sizes=20 --ks=1   # 8 seeds vmapped against one
+  python scripts/bench.py --mode=sweep --batch_sizes=20,100 --ks=1,50 --rounds=2   # sweeps
 
 Model: Burda et al. 2015's one-stochastic-layer VAE (784-200-200-50, tanh,
 Bernoulli; --stochastic_layers=2: their 784-200-200-[100]-100-100-[50] model, in the
@@ -67,6 +68,15 @@ times the value and gradient of the mixture's log-density for 100 samples (500
 components, 40 dimensions): priors.log_mixture_of_gaussians against the same expression
 by broadcasting, left to autodiff.
 
+--mode=sweep trains a sweep of --sweep_members learning rates (log-spaced from 1e-4 to
+3e-3; N = 4, 8, 16) for --sweep_epochs epochs as one program (config.sweep), and the same
+N settings as N separate runs one after another, for each batch size and K; each wall
+clock counts everything from building the Experiment (so compiling, which each separate
+run repeats) to the last epoch's state, and the epochs after the first are also timed
+alone (the steady rate); --rounds rounds alternate which side goes first, and the medians
+are reported. Process start-up and data loading, which separate processes
+would each pay too, are not counted.
+
 --mode=matmul times, in float32 and in bfloat16 with float32 outputs, the three
 products of the K=50 decoder's last layer (h: [5000, 200], W: [200, 784]):
 the forward h·W, the input gradient g·Wᵀ, the weight gradient hᵀ·g with h
@@ -108,7 +118,7 @@ _DTYPE = flags.DEFINE_enum(
 _MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "quality", "precision", "matmul", "kernels", "prior"],
+  ["train", "eval", "quality", "precision", "matmul", "kernels", "prior", "sweep"],
   "What to time.",
 )
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Batch sizes to measure (--mode=train).")
@@ -150,6 +160,12 @@ _LOSS_VALUE = flags.DEFINE_bool(
   False,
   "train, kernels: the minimal loop also sums its loss's value over the epoch, as the library "
   "does for its logged metrics (by default the loop only takes gradients).",
+)
+_SWEEP_MEMBERS = flags.DEFINE_list(
+  "sweep_members", ["4", "8", "16"], "--mode=sweep: the numbers of members N to time."
+)
+_SWEEP_EPOCHS = flags.DEFINE_integer(
+  "sweep_epochs", 3, "--mode=sweep: epochs each sweep and each separate run trains."
 )
 _RECORD_DIR = flags.DEFINE_string(
   "record_dir",
@@ -527,7 +543,7 @@ def bench_evaluation(dataset) -> None:
   """IS-5000 over a test set: vae_jax.evaluation at each precision, and a per-example loop."""
   config = build_config()
   experiment = Experiment(config, dataset)
-  params = experiment.seed_params(experiment.initial_state()["params"], 0)
+  params = experiment.take_member(experiment.initial_state()["params"], 0)
   model = experiment.model(params)
   reps = -(-_EVAL_IMAGES.value // len(dataset.test_images))
   images = np.concatenate([dataset.test_images] * reps)[: _EVAL_IMAGES.value]
@@ -611,7 +627,7 @@ def bench_time_to_quality() -> None:
     state, _ = train_chunk(state, keys, images, labels)
     jax.block_until_ready(state)
     train_seconds += time.perf_counter() - start
-    elbo = float(experiment.evaluate(state["params"], test_x, test_labels)["elbo"][0])
+    elbo = float(experiment.evaluate(state["params"], {}, test_x, test_labels)["elbo"][0])
     if elbo > _TARGET.value:
       report(
         f"MNIST (dynamic binarization, 60,000 train), Burda 1-layer ELBO K=1: test ELBO"
@@ -685,6 +701,7 @@ def main(argv):
     "precision": lambda: bench_precision(dataset),
     "matmul": bench_matmul,
     "prior": lambda: bench_priors(dataset),
+    "sweep": lambda: bench_sweep(dataset),
   }
   if _MODE.value in other_modes:
     other_modes[_MODE.value]()
@@ -782,6 +799,72 @@ def bench_training(dataset, k: int, batch_size: int) -> None:
     round_ratio_max=float(round_ratios.max()),
     roofline_fraction=gflops / np.median(roofline),
   )
+
+
+def _timed_run(config, dataset, epochs: int) -> tuple[float, float]:
+  """(seconds from building the Experiment to the last epoch's state, seconds of the
+  epochs after the first) of one program training config for `epochs` epochs."""
+  start = time.perf_counter()
+  experiment = Experiment(config, dataset)
+  state = experiment.initial_state()
+  keys, images, labels = experiment.train_inputs()
+  state, _ = experiment.train_chunk(state, keys, images, labels)
+  jax.block_until_ready(state)
+  after_first = time.perf_counter()
+  for _ in range(epochs - 1):
+    state, _ = experiment.train_chunk(state, keys, images, labels)
+  jax.block_until_ready(state)
+  end = time.perf_counter()
+  return end - start, end - after_first
+
+
+def bench_sweep(dataset) -> None:
+  """A sweep of N learning rates in one program against N separate runs, each timed from
+  the Experiment's construction (compilation included)."""
+  epochs = _SWEEP_EPOCHS.value
+  if epochs < 2:
+    raise app.UsageError("--sweep_epochs must be at least 2 (the steady rate needs one more).")
+  for batch_size in map(int, _BATCH_SIZES.value):
+    for k in map(int, _KS.value):
+      config = iwae_or_elbo_config(k, batch_size=batch_size, **_model_flags())
+      images_per_epoch = (dataset.train_images.shape[0] // batch_size) * batch_size
+      for n in map(int, _SWEEP_MEMBERS.value):
+        rates = np.geomspace(1e-4, 3e-3, n)
+        swept = config.copy_and_resolve_references()
+        swept.sweep = f"learning_rate={','.join(f'{r:.6g}' for r in rates)}"
+        separate_configs = []
+        for rate in rates:
+          separate_configs.append(config.copy_and_resolve_references())
+          separate_configs[-1].learning_rate = float(rate)
+        # Rounds alternate which side goes first, so that a machine's drift hits both.
+        sweep_times, separate_times = [], []
+        for r in range(_ROUNDS.value):
+          for side in ("sweep", "separate") if r % 2 == 0 else ("separate", "sweep"):
+            if side == "sweep":
+              sweep_times.append(_timed_run(swept, dataset, epochs))
+            else:
+              runs = [_timed_run(one, dataset, epochs) for one in separate_configs]
+              separate_times.append(np.sum(runs, axis=0))
+        sweep_total, sweep_steady = np.median(sweep_times, axis=0)
+        separate_total, separate_steady = np.median(separate_times, axis=0)
+        steady_images = n * (epochs - 1) * images_per_epoch
+        report(
+          f"batch {batch_size:<4d} K={k:<3d} {n:2d} members x {epochs} epochs: one program "
+          f"{sweep_total:7.1f} s, {n} separate runs {separate_total:7.1f} s: "
+          f"{separate_total / sweep_total:5.2f}x | steady {steady_images / sweep_steady:8.0f} "
+          f"img/s against {steady_images / separate_steady:8.0f}: "
+          f"{separate_steady / sweep_steady:5.2f}x",
+          batch=batch_size,
+          K=k,
+          members=n,
+          epochs=epochs,
+          sweep_seconds=sweep_total,
+          separate_seconds=separate_total,
+          speedup=separate_total / sweep_total,
+          sweep_steady_img_per_s=steady_images / sweep_steady,
+          separate_steady_img_per_s=steady_images / separate_steady,
+          steady_speedup=separate_steady / sweep_steady,
+        )
 
 
 #: Tomczak & Welling 2018's one-stochastic-layer VAE (--mode=prior).
@@ -899,7 +982,12 @@ def bench_precision(dataset) -> None:
       seconds = time.perf_counter() - start
       rate = _BUDGET_EPOCHS.value * experiment.steps_per_epoch * config.batch_size / seconds
       examples = evaluator.evaluate_examples(
-        evaluator.seed_params(state["params"], 0), test_x, test_labels, 0, block_size=len(test_x)
+        evaluator.take_member(state["params"], 0),
+        {},
+        test_x,
+        test_labels,
+        0,
+        block_size=len(test_x),
       )
       elbo, iwae = float(np.mean(examples["elbo"])), float(np.mean(examples["iwae_50"]))
       results[dtype, seed] = np.array([rate, elbo, iwae])

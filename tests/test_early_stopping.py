@@ -70,15 +70,15 @@ def test_a_run_stops_and_reports_its_best_validation_epoch(dataset_with_validati
   )
   # The reported parameters are the best epoch's: they give its validation ELBO, the best.
   best_params = experiment.final_params(state)
-  valid_elbo = jax.device_get(experiment.evaluate(best_params, valid_x, valid_labels)["elbo"])
+  valid_elbo = jax.device_get(experiment.evaluate(best_params, {}, valid_x, valid_labels)["elbo"])
   np.testing.assert_array_equal(valid_elbo, early_stopping["best_elbo"])
   # Each seed stopped `patience` epochs after its best; the run, when the last one did.
   patience = config.early_stopping_epochs
   assert early_stopping["best_epoch"].max() + patience == epochs
   assert np.all(early_stopping["best_epoch"] + patience <= epochs)
   for seed in range(2):
-    model, _ = train.restore_model(workdir, seed=seed, dataset=dataset_with_validation)
-    expected = jax.device_get(experiment.seed_params(best_params, seed))
+    model, _ = train.restore_model(workdir, member=seed, dataset=dataset_with_validation)
+    expected = jax.device_get(experiment.take_member(best_params, seed))
     jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), expected)
 
 

@@ -277,9 +277,9 @@ def test_evaluation_in_blocks_equals_one_pass():
   experiment = Experiment(tiny_config(eval_batch_size=10, eval_iwae_samples=(1, 3)), dataset)
   params = experiment.initial_state()["params"]
   x, labels = experiment.eval_inputs(dataset.test_images, dataset.test_labels)
-  blocked = report.full_evaluation(experiment, params, x, labels)
+  (blocked,) = report.full_evaluation(experiment, params, {}, x, labels)
   one_pass = experiment.evaluate_examples(
-    experiment.seed_params(params, 0), x, labels, 0, block_size=100
+    experiment.take_member(params, 0), {}, x, labels, 0, block_size=100
   )
   expected = evaluation.summarize(jax.device_get(one_pass), num_pixels=784, bits_per_dim=False)
   assert sorted(blocked) == sorted(expected)

@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = os.path.join(helpers.REPO, "experiments", "notebooks")
 # Pictures each notebook must show inline: PNG outputs, from files or from matplotlib.
-PICTURES = {"quickstart.ipynb": 6, "your_own_loss.ipynb": 1}
+PICTURES = {"quickstart.ipynb": 6, "sweeps.ipynb": 3, "your_own_loss.ipynb": 1}
 
 
 def test_every_notebook_is_tested_and_committed_without_outputs():

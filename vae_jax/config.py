@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data, likelihoods, losses, networks, objectives, posteriors, priors
+from vae_jax import data, likelihoods, losses, networks, objectives, posteriors, priors, sweeps
 
 #: The values of config.lr_schedule.
 LR_SCHEDULES = ("constant", "cosine", "burda")
@@ -93,6 +93,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # of the parameters, shuffling, binarization and samples; seed i of num_seeds is seed + i.
   config.seed = 0
   config.num_seeds = 1  # independent seeds trained at once with vmap
+  # fields and values trained at once, each combination with num_seeds seeds, in one
+  # program: "beta=0.5,1;learning_rate=1e-3,3e-4" (vae_jax/sweeps.py); "": none.
+  config.sweep = ""
 
   # Devices: all of them, as a (seeds, data) mesh (vae_jax/parallel.py).
   config.distributed = False  # multi-host: jax.distributed.initialize() on every process
@@ -116,10 +119,13 @@ def build_config(overrides: dict[str, Any] | None = None) -> ml_collections.Conf
   An unknown field raises a KeyError that names it.
   """
   config = get_default_config()
-  unknown = sorted(set(overrides or {}) - set(config.keys()))
+  overrides = dict(overrides or {})
+  unknown = sorted(set(overrides) - set(config.keys()))
   if unknown:
     raise KeyError(f"Unknown config field(s) {unknown}; see vae_jax/config.py for the fields.")
-  config.update(overrides or {})
+  if isinstance(overrides.get("sweep"), dict):  # {field: values}, as the string says it
+    overrides["sweep"] = sweeps.format_spec(sweeps.parse(overrides["sweep"]))
+  config.update(overrides)
   return config
 
 
@@ -288,9 +294,14 @@ def _check_combinations(config) -> None:
   )
 
 
+def _check_sweep(config) -> None:
+  sweeps.check(config, get_default_config().keys())
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError for a config that would fail later, before any work starts."""
   for check_section in (
+    _check_sweep,
     _check_data,
     _check_model,
     _check_objective,

@@ -14,7 +14,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from vae_jax import checkpoints, data, evaluation, losses, models, parallel
+from vae_jax import checkpoints, data, evaluation, losses, models, parallel, sweeps
 from vae_jax import config as config_lib
 from vae_jax import state as state_lib
 
@@ -73,14 +73,17 @@ class Experiment:
     self.integer_data = abstract_model.integer_data
     self.conditional = abstract_model.num_classes > 0
     self.loss_fn = loss_fn or losses.LOSSES[config.objective](
-      config, warmup_steps=config.kl_warmup_epochs * self.steps_per_epoch
+      config, steps_per_epoch=self.steps_per_epoch
     )
     self.optimizer = state_lib.make_optimizer(config, self.steps_per_epoch)
     # A (seeds, data) mesh over every device (see parallel.py): the state is split along
     # its seed axis, each step's batch along "data", and the training data by rows. The
     # state is committed to these shardings, so that a state restored from a checkpoint
     # hits the same compiled step as a fresh one.
-    self.mesh = parallel.make_mesh(config.num_seeds, devices)
+    # Members: the seeds, or a sweep's combinations x seeds (vae_jax/sweeps.py).
+    self.num_members = sweeps.num_members(config)
+    self.member_values = sweeps.member_values(config)  # {swept field: [members]}
+    self.mesh = parallel.make_mesh(self.num_members, devices)
     parallel.check_batch_size(config.batch_size, self.mesh)
     self.sharding = parallel.replicated(self.mesh)
     self.state_sharding = parallel.split_seeds(self.mesh)
@@ -102,9 +105,16 @@ class Experiment:
     self.copy_state = jax.jit(
       lambda state: jax.tree.map(jnp.copy, state), out_shardings=self.state_sharding
     )
-    self.seed_params = jax.jit(
-      lambda params, seed: jax.tree.map(lambda a: a[seed], params), out_shardings=self.sharding
+    # One member's slice of a stacked tree (its params, or its swept values).
+    self.take_member = jax.jit(
+      lambda tree, member: jax.tree.map(lambda a: a[member], tree), out_shardings=self.sharding
     )
+    # Each member's first non-finite step (-1: none; always -1 without a sweep), replicated.
+    self.diverged_at = jax.jit(
+      lambda state: state.get("diverged_at", jnp.full(self.num_members, -1, jnp.int32)),
+      out_shardings=self.sharding,
+    )
+    self.freeze_members = jax.jit(self._freeze_members, out_shardings=self.state_sharding)
     self.update_early_stopping = jax.jit(
       self._update_early_stopping, donate_argnums=0, out_shardings=self.state_sharding
     )
@@ -114,16 +124,17 @@ class Experiment:
       out_shardings=self.sharding,
     )
 
-  def map_seeds(self, fn, *args):
-    """fn over the leading seed axis of args: jax.vmap, or a plain call for one seed.
+  def map_members(self, fn, *args):
+    """fn over the leading member axis of args (the seeds, or a sweep's members): jax.vmap,
+    or a plain call for one member.
 
-    Under vmap, sharding constraints inside fn gain the seeds mesh axis on the seed
-    axis (spmd_axis_name), so each seed's batch is split over its own devices.
+    Under vmap, sharding constraints inside fn gain the seeds mesh axis on the member
+    axis (spmd_axis_name), so each member's batch is split over its own devices.
 
-    With one seed a plain call is about 20% faster on CPU: vmap would turn every
+    With one member a plain call is about 20% faster on CPU: vmap would turn every
     matmul into a batched matmul of batch 1, which XLA runs on a slower path.
     """
-    if self.config.num_seeds > 1:
+    if self.num_members > 1:
       return jax.vmap(fn, spmd_axis_name=parallel.SEEDS)(*args)
     out = fn(*jax.tree.map(lambda a: a[0], args))
     return jax.tree.map(lambda a: a[None], out)
@@ -144,9 +155,18 @@ class Experiment:
     # takes host values (the same on every process), not arrays on one local device.
     return jax.device_put(jax.device_get((x, labels)), self.sharding)
 
-  def model(self, params) -> models.LatentVariableModel:
-    """The model with one seed's params (an NNX module, merged from the graph definition)."""
-    return nnx.merge(self.graphdef, params)
+  def model(self, params, hparams=None) -> models.LatentVariableModel:
+    """The model with one member's params (an NNX module, merged from the graph
+    definition); `hparams`, a member's values, sets the swept ones the model reads."""
+    model = nnx.merge(self.graphdef, params)
+    if hparams and "gaussian_logvar" in self.member_values:  # a Gaussian's fixed variance
+      model.likelihood.fixed_logvar = hparams["gaussian_logvar"]
+    return model
+
+  @staticmethod
+  def swept(state) -> dict:
+    """The sweep members' values in a train state, {field: [members]}; {} without a sweep."""
+    return state.get("hparams", {})
 
   def restore(self, workdir: str) -> tuple[int, dict]:
     """The newest intact checkpoint of a workdir of this config: (step, train state)."""
@@ -158,47 +178,77 @@ class Experiment:
 
   # --- State -------------------------------------------------------------------------
 
-  def _initial_state(self, seed_key):
-    return state_lib.init_state(
+  def _initial_state(self, seed_key, swept):
+    state = state_lib.init_state(
       self.make_model, self.optimizer, seed_key, early_stopping=self.early_stopping
     )
+    if swept:  # a sweep member's values and divergence, kept with its state (checkpointed)
+      state["hparams"] = swept
+      state["diverged_at"] = jnp.full((), -1, jnp.int32)  # its first non-finite step; -1
+    return state
 
   def final_params(self, state):
     """The parameters a run reports: the best validation epoch's with early stopping, else
     the last."""
     return state["early_stopping"]["best_params"] if self.early_stopping else state["params"]
 
+  def _freeze_members(self, state, last_good_state, diverged_at):
+    """The state with each member whose diverged_at >= 0 put back to last_good_state and
+    marked diverged from that step: it trains no further, and the others go on."""
+    frozen = diverged_at >= 0
+
+    def pick(new, old):
+      return jnp.where(frozen.reshape(-1, *[1] * (new.ndim - 1)), old, new)
+
+    state = jax.tree.map(pick, state, last_good_state)
+    return {**state, "diverged_at": jnp.where(frozen, diverged_at, state["diverged_at"])}
+
   def _update_early_stopping(self, state, valid_elbo, epoch):
-    """The state with every seed's early stopping updated by its validation ELBO, [seeds]."""
-    update = functools.partial(
-      state_lib.update_early_stopping,
-      epoch=epoch,
-      patience=self.config.early_stopping_epochs,
-      warmup_epochs=self.config.kl_warmup_epochs,
+    """The state with every member's early stopping updated by its validation ELBO,
+    [members]; the epochs of KL warm-up (a sweep member's own) are not counted."""
+    warmup_epochs = self.swept(state).get(
+      "kl_warmup_epochs", jnp.full(self.num_members, self.config.kl_warmup_epochs)
     )
-    early_stopping = jax.vmap(update)(state["early_stopping"], state["params"], valid_elbo)
+
+    def update(early_stopping, params, valid_elbo, warmup_epochs):
+      return state_lib.update_early_stopping(
+        early_stopping,
+        params,
+        valid_elbo,
+        epoch,
+        patience=self.config.early_stopping_epochs,
+        warmup_epochs=warmup_epochs,
+      )
+
+    early_stopping = jax.vmap(update)(
+      state["early_stopping"], state["params"], valid_elbo, warmup_epochs
+    )
     return {**state, "early_stopping": early_stopping}
 
   def initial_state(self):
     """The train state of every seed, stacked on a leading axis, created in place on the mesh."""
     initial_state = jax.jit(
-      lambda keys: self.map_seeds(self._initial_state, keys), out_shardings=self.state_sharding
+      lambda keys, swept: self.map_members(self._initial_state, keys, swept),
+      out_shardings=self.state_sharding,
     )
-    return initial_state(state_lib.seed_keys(self.config))
+    return initial_state(state_lib.seed_keys(self.config), self.member_values)
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of the train state (jax.eval_shape: nothing is computed)."""
-    shapes = jax.eval_shape(jax.vmap(self._initial_state), state_lib.seed_keys(self.config))
+    shapes = jax.eval_shape(
+      jax.vmap(self._initial_state), state_lib.seed_keys(self.config), self.member_values
+    )
     return jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state_sharding), shapes
     )
 
   # --- Training ----------------------------------------------------------------------
 
-  def _loss(self, params, x, labels, key, step):
+  def _loss(self, params, x, labels, key, step, hparams):
     """The loss to minimize and the metrics to report (see losses.checked_loss)."""
     labels = labels if self.conditional else None
-    return losses.checked_loss(self.loss_fn, self.model(params), key, x, labels, step)
+    model = self.model(params, hparams)
+    return losses.checked_loss(self.loss_fn, model, key, x, labels, step, hparams)
 
   def step_inputs(self, images, step_key, step):
     """The model inputs of a step and its objective's key: fresh binary draws at every step."""
@@ -211,11 +261,14 @@ class Experiment:
   def _train_step(self, state, images, labels, step_key):
     """One optimizer step: the new state, the step's metrics and its gradients."""
     step = state["step"]
+    # The config's constants, and a sweep member's own values (traced) where it has them.
+    hparams = sweeps.hparams(self.config, state.get("hparams"))
     x, key_objective = self.step_inputs(images, step_key, step)
     (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(
-      state["params"], x, labels, key_objective, step
+      state["params"], x, labels, key_objective, step, hparams
     )
-    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    optimizer = state_lib.make_optimizer(self.config, self.steps_per_epoch, hparams)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     new_state = {
       **state,  # early stopping's part changes only between epochs
       "params": optax.apply_updates(state["params"], updates),
@@ -235,7 +288,7 @@ class Experiment:
     and so computed at every step).
 
     per_step=True instead returns every step's metrics and gradient norm, [seeds,
-    steps]: the diagnosis of a call that went non-finite (see train.first_failure).
+    steps]: the diagnosis of a call that went non-finite (see train.first_failures).
     """
     batch_size = self.config.batch_size
 
@@ -276,16 +329,17 @@ class Experiment:
       return state, {**dict(zip(names, means)), "gradient_norm": optax.tree.norm(grads)}
 
     with state_lib.matmul_precision(self.config.matmul_precision):
-      return self.map_seeds(one_seed, state, keys)
+      return self.map_members(one_seed, state, keys)
 
   # --- Evaluation --------------------------------------------------------------------
 
-  def _evaluate(self, params, test_x, test_labels) -> dict[str, jax.Array]:
-    """Per-seed test ELBO, reconstruction and KL (one sample, analytic KL): each [seeds]."""
+  def _evaluate(self, params, swept, test_x, test_labels) -> dict[str, jax.Array]:
+    """Per-member test ELBO, reconstruction and KL (one sample, analytic KL): each
+    [members]; swept: the members' values (Experiment.swept)."""
 
-    def one_seed(params):
+    def one_member(params, swept):
       terms = evaluation.test_elbo_terms(
-        self.model(params),
+        self.model(params, swept),
         test_x,
         test_labels,
         jax.random.key(0),
@@ -298,10 +352,12 @@ class Experiment:
       }
 
     with state_lib.matmul_precision(self.config.matmul_precision):
-      return self.map_seeds(one_seed, params)
+      return self.map_members(one_member, params, swept)
 
-  def _evaluate_examples(self, params, x, labels, start, *, block_size) -> dict[str, jax.Array]:
-    """One seed's per-example evaluation (evaluation.evaluate_examples) of the block_size
+  def _evaluate_examples(
+    self, params, swept, x, labels, start, *, block_size
+  ) -> dict[str, jax.Array]:
+    """One member's per-example evaluation (evaluation.evaluate_examples) of the block_size
     examples of x from `start` on, over all devices. Past the end of x the last example
     is repeated (drop those rows). Results do not depend on how the set is cut into
     blocks whose sizes are multiples of eval_batch_size."""
@@ -309,7 +365,7 @@ class Experiment:
     index = jnp.minimum(start + jnp.arange(block_size), x.shape[0] - 1)
     with state_lib.matmul_precision(config.eval_matmul_precision):
       return evaluation.evaluate_examples_on_devices(
-        self.model(params),
+        self.model(params, swept),
         x[index],
         labels[index],
         jax.random.key(1),

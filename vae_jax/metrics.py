@@ -33,7 +33,10 @@ class MetricWriter:
   TensorBoard is told to purge them from its events.
   """
 
-  def __init__(self, workdir: str, *, resumed_step: int = 0):
+  def __init__(self, workdir: str, *, resumed_step: int = 0, member_names=None):
+    """member_names: the TensorBoard name of each value of a per-member list (a sweep's
+    "beta=0.5,seed=0"); seed_i when None."""
+    self.member_names = member_names
     path = os.path.join(workdir, "metrics.jsonl")
     if resumed_step and os.path.exists(path):
       with open(path) as f:
@@ -53,9 +56,10 @@ class MetricWriter:
     for name, value in scalars.items():
       if isinstance(value, str):  # text (the device) is for metrics.jsonl only
         continue
-      if isinstance(value, list):  # one value per seed
-        for seed, v in enumerate(value):
-          self.tensorboard.add_scalar(f"{name}/seed_{seed}", v, step)
+      if isinstance(value, list):  # one value per seed, or per sweep member
+        for i, v in enumerate(value):
+          member = self.member_names[i] if self.member_names else f"seed_{i}"
+          self.tensorboard.add_scalar(f"{name}/{member}", v, step)
       else:
         self.tensorboard.add_scalar(name, value, step)
     self.tensorboard.flush()

@@ -404,7 +404,8 @@ def weighted_elbo(
 ) -> jax.Array:
   """reconstruction - beta * KL from ElboTerms, with the free-bits floor; see elbo."""
   kl = terms.kl
-  if free_bits > 0:
+  # A traced free_bits (a sweep's) takes the floor always: at 0 it is the analytic KL.
+  if not isinstance(free_bits, (int, float)) or free_bits > 0:
     kl = jnp.sum(jnp.maximum(terms.kl_per_dimension, free_bits), axis=-1)
   return terms.reconstruction - beta * kl
 
@@ -625,6 +626,9 @@ def kl_warmup(step: ArrayLike, warmup_steps: int) -> jax.Array:
     >>> vae_jax.kl_warmup(250, 1000), vae_jax.kl_warmup(5000, 1000)
     (Array(0.25, dtype=float32), Array(1., dtype=float32))
   """
-  if warmup_steps <= 0:
-    return jnp.ones((), jnp.float32)
-  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+  if isinstance(warmup_steps, (int, float)):  # a constant: no warm-up, no division
+    if warmup_steps <= 0:
+      return jnp.ones((), jnp.float32)
+    return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+  ramp = jnp.asarray(step, jnp.float32) / jnp.maximum(warmup_steps, 1)  # a sweep's values
+  return jnp.where(warmup_steps > 0, jnp.minimum(1.0, ramp), 1.0)

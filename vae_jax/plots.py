@@ -216,3 +216,87 @@ def training_curves(records: list[dict], *, title: str = "") -> np.ndarray:
   if title:
     axes.set_title(title, fontsize=9)
   return _figure_array(figure)
+
+
+def sweep_curves(
+  epochs: list[int], curves: dict[str, np.ndarray], *, ylabel: str, title: str = ""
+) -> np.ndarray:
+  """Each sweep member's curve on one plot: curves maps a member's name to its value per
+  epoch (NaN where it diverged)."""
+  figure, axes = _figure()
+  for name, values in curves.items():
+    axes.plot(epochs, values, label=name)
+  if epochs[-1] >= LOG_SCALE_EPOCHS:
+    axes.set_xscale("log")
+  axes.set_xlabel("epoch (log scale)" if epochs[-1] >= LOG_SCALE_EPOCHS else "epoch")
+  axes.set_ylabel(ylabel)
+  axes.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
+  if title:
+    axes.set_title(title, fontsize=9)
+  return _figure_array(figure)
+
+
+def rate_distortion(
+  rates: np.ndarray, distortions: np.ndarray, labels: list[str], *, title: str = ""
+) -> np.ndarray:
+  """Alemi et al. 2018's plane: distortion D = -E[log p(x|z)] across, rate R = KL up, one
+  point per member, and the dotted line of the best member's ELBO (D + R = -ELBO)."""
+  rates, distortions = np.asarray(rates, np.float64), np.asarray(distortions, np.float64)
+  figure, axes = _figure()
+  axes.scatter(distortions, rates, zorder=3)
+  for d, r, label in zip(distortions, rates, labels):
+    axes.annotate(label, (d, r), textcoords="offset points", xytext=(4, 4), fontsize=7)
+  best = np.min(distortions + rates)  # -ELBO
+  axes.margins(x=0.25)  # room for the labels
+  low, high = axes.get_xlim()
+  axes.plot(
+    [low, high],
+    [best - low, best - high],
+    ":",
+    color="grey",
+    label=f"D + R = {best:.1f}: the best ELBO",
+  )
+  axes.set_xlim(low, high)
+  axes.set_ylim(0, max(1.0, rates.max() * 1.15))
+  axes.set_xlabel("distortion D = -reconstruction (nats)")
+  axes.set_ylabel("rate R = KL (nats)")
+  axes.legend(fontsize=7)
+  if title:
+    axes.set_title(title, fontsize=9)
+  return _figure_array(figure)
+
+
+def heatmap(
+  values: np.ndarray,
+  rows: tuple[str, list],
+  columns: tuple[str, list],
+  *,
+  label: str,
+  title: str = "",
+) -> np.ndarray:
+  """values[i, j] for the ith value of one swept field and the jth of another, written in
+  each cell (NaN cells, e.g. diverged, blank)."""
+  values = np.asarray(values, np.float64)
+  figure, axes = _figure()
+  image = axes.imshow(values, cmap="viridis", aspect="auto")
+  figure.colorbar(image, ax=axes, label=label)
+  (row_name, row_values), (column_name, column_values) = rows, columns
+  axes.set_yticks(range(len(row_values)), [f"{v:g}" for v in row_values])
+  axes.set_xticks(range(len(column_values)), [f"{v:g}" for v in column_values])
+  axes.set_ylabel(row_name)
+  axes.set_xlabel(column_name)
+  middle = np.nanmean(values)
+  for (i, j), value in np.ndenumerate(values):
+    if np.isfinite(value):
+      axes.text(
+        j,
+        i,
+        f"{value:.2f}",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="black" if value > middle else "white",
+      )
+  if title:
+    axes.set_title(title, fontsize=9)
+  return _figure_array(figure)

@@ -16,28 +16,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, evaluation, metrics, parallel, plots, posteriors
+from vae_jax import data, evaluation, metrics, parallel, plots, posteriors, sweeps
 from vae_jax.experiment import Experiment
 from vae_jax.progress import Progress, format_duration
 
 
-def full_evaluation(experiment: Experiment, params, x, labels) -> dict[str, Any]:
+def full_evaluation(experiment: Experiment, params, swept, x, labels) -> list[dict[str, Any]]:
   """ELBO, IWAE bounds, IS log-likelihood (each with its standard error over examples),
-  active units and KL per dimension; averaged over seeds, with per-seed values.
+  active units and KL per dimension: one summary per member (seed, or sweep member).
 
-  x and labels come from eval_inputs. The set goes through in about ten blocks, so
-  that a progress bar can follow; the results do not depend on the blocks.
+  x and labels come from eval_inputs; swept is Experiment.swept(state). The set goes
+  through in about ten blocks, so that a progress bar can follow; the results do not
+  depend on the blocks.
   """
   config, n = experiment.config, x.shape[0]
   unit = config.eval_batch_size * experiment.mesh.devices.size
   block_size = unit * max(1, -(-n // (10 * unit)))
-  per_seed = []
-  with Progress(config.num_seeds * n, "evaluation", unit="images") as progress:
-    for seed in range(config.num_seeds):
-      seed_params = experiment.seed_params(params, seed)
+  per_member = []
+  with Progress(experiment.num_members * n, "evaluation", unit="images") as progress:
+    for member in range(experiment.num_members):
+      member_params, member_swept = experiment.take_member((params, swept), member)
       blocks = []
       for start in range(0, n, block_size):
-        out = experiment.evaluate_examples(seed_params, x, labels, start, block_size=block_size)
+        out = experiment.evaluate_examples(
+          member_params, member_swept, x, labels, start, block_size=block_size
+        )
         count = min(block_size, n - start)
         out = jax.device_get(out)
         blocks.append({k: None if v is None else np.asarray(v)[:count] for k, v in out.items()})
@@ -46,24 +49,51 @@ def full_evaluation(experiment: Experiment, params, x, labels) -> dict[str, Any]
         name: None if blocks[0][name] is None else np.concatenate([b[name] for b in blocks])
         for name in blocks[0]
       }
-      per_seed.append(
+      per_member.append(
         evaluation.summarize(
           examples,
           num_pixels=math.prod(experiment.dataset.image_shape),
           bits_per_dim=experiment.integer_data,
         )
       )
-  return combine_seeds(per_seed)
+  return per_member
 
 
-def mean_over_seeds(values: dict[str, Any]) -> dict[str, Any]:
-  """Scalars as floats, plus per-seed lists when there is more than one seed."""
+def compare_combinations(config, per_member: list[dict], diverged_at) -> dict[str, Any]:
+  """A sweep compared: each combination of values with its numbers averaged over its seeds
+  (with NAME_seed_std, the spread across seeds, and each seed's step of divergence, None
+  where it did not diverge), and the best combination: the highest IS log-likelihood among
+  those whose seeds all trained to the end. Its numbers are the report's headline ones."""
+  num_seeds = config.num_seeds
+  combinations = []
+  for c, values in enumerate(sweeps.combinations(config)):
+    group = per_member[c * num_seeds : (c + 1) * num_seeds]
+    entry = {"values": values, **combine_seeds(group)}
+    if num_seeds > 1:
+      for name in group[0]:
+        if name.endswith("_stderr") or isinstance(group[0][name], list):
+          continue
+        entry[f"{name}_seed_std"] = float(np.std([g[name] for g in group], ddof=1))
+    steps = diverged_at[c * num_seeds : (c + 1) * num_seeds]
+    entry["diverged_at_step"] = [int(s) if s >= 0 else None for s in steps]
+    combinations.append(entry)
+  finished = [c for c, entry in enumerate(combinations) if not any(entry["diverged_at_step"])]
+  best = max(finished or range(len(combinations)), key=lambda c: combinations[c]["log_likelihood"])
+  about = ("values", "diverged_at_step")
+  headline = {k: v for k, v in combinations[best].items() if k not in about}
+  return {**headline, "combinations": combinations, "best_combination": best}
+
+
+def mean_over_seeds(values: dict[str, Any], *, sweep: bool = False) -> dict[str, Any]:
+  """Scalars as floats (the mean over the members that are not NaN, i.e. not diverged),
+  plus NAME_per_seed lists when there is more than one seed (NAME_per_member in a sweep)."""
   out = {}
-  for name, per_seed in values.items():
-    per_seed = np.asarray(per_seed, np.float64)
-    out[name] = float(per_seed.mean())
-    if per_seed.size > 1:
-      out[f"{name}_per_seed"] = per_seed.tolist()
+  for name, per_member in values.items():
+    per_member = np.asarray(per_member, np.float64)
+    finite = per_member[~np.isnan(per_member)]
+    out[name] = float(finite.mean()) if finite.size else float("nan")
+    if per_member.size > 1:
+      out[f"{name}_per_{'member' if sweep else 'seed'}"] = per_member.tolist()
   return out
 
 
@@ -78,14 +108,39 @@ def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluation_report(
-  experiment: Experiment, params, x, labels, *, split: str, step: int, command: str | None
+  experiment: Experiment, state, x, labels, *, split: str, step: int, command: str | None
 ) -> dict[str, Any]:
-  """The full evaluation of a split, with what it was measured on: summary.json and eval.json."""
+  """The full evaluation of a split of a train state's final parameters (the best epoch's
+  with early stopping), with what it was measured on: summary.json and eval.json. A
+  sweep's report compares its combinations of values under "sweep" (compare_combinations)."""
   config = experiment.config
   start = time.perf_counter()
-  results = full_evaluation(experiment, params, x, labels)
+  params = experiment.final_params(state)
+  per_member = full_evaluation(experiment, params, experiment.swept(state), x, labels)
+  if config.sweep:
+    diverged_at = np.asarray(jax.device_get(experiment.diverged_at(state)))
+    results = compare_combinations(config, per_member, diverged_at)
+    combinations = results.pop("combinations")
+    sweep = {
+      "sweep": {
+        "fields": sweeps.parse(config.sweep),
+        "seeds": [config.seed + s for s in range(config.num_seeds)],
+        "best_combination": results.pop("best_combination"),
+        "combinations": [
+          {
+            "values": m.pop("values"),
+            "diverged_at_step": m.pop("diverged_at_step"),
+            **{f"{split}_{name}": value for name, value in m.items()},
+          }
+          for m in combinations
+        ],
+      }
+    }
+  else:
+    results, sweep = combine_seeds(per_member), {}
   return {
     **{f"{split}_{name}": value for name, value in results.items()},
+    **sweep,
     "iwae_samples": list(config.eval_iwae_samples),
     "log_likelihood_num_samples": config.eval_num_samples,
     "binarization": config.binarization,
@@ -101,6 +156,7 @@ def evaluation_report(
     "evaluation_seconds": time.perf_counter() - start,
     "device": device_description(),
     "command": command or "vae_jax.train.train_and_evaluate(config, workdir)",
+    **early_stopping_report(experiment, state),
   }
 
 
@@ -146,31 +202,40 @@ def final_evaluation(
   training_seconds_by_device,
 ):
   """The full test-set evaluation, pictures, summary.json and index.html (process 0 writes)."""
-  params = experiment.final_params(state)
   summary = evaluation_report(
-    experiment, params, test_x, test_labels, split="test", step=step, command=command
+    experiment, state, test_x, test_labels, split="test", step=step, command=command
   )
-  summary.update(early_stopping_report(experiment, state))
   summary["training_seconds"] = training_seconds
   if training_seconds_by_device:  # empty on processes other than 0, which write no files
     summary["training_seconds_by_device"] = training_seconds_by_device
   summary["config"] = json.loads(experiment.config.to_json_best_effort())
-  publish(experiment, params, test_x, test_labels, workdir, summary, "summary.json")
+  publish(experiment, state, test_x, test_labels, workdir, summary, "summary.json")
   return summary
 
 
-def publish(experiment: Experiment, params, x, labels, workdir, report, json_name) -> None:
-  """Writes report to WORKDIR/json_name, the first seed's pictures and index.html.
+def pictured_member(report: dict[str, Any]) -> int:
+  """The member the pictures show: the first seed of a sweep's best member, else seed 0."""
+  if "sweep" not in report:
+    return 0
+  return report["sweep"]["best_combination"] * report["num_seeds"]
+
+
+def publish(experiment: Experiment, state, x, labels, workdir, report, json_name) -> None:
+  """Writes report to WORKDIR/json_name, the pictures of pictured_member(report) (and a
+  sweep's comparisons) and index.html.
 
   Every process calls it; process 0 writes."""
-  first_seed = experiment.seed_params(params, 0)  # every process takes part
+  member = pictured_member(report)
+  shown = experiment.take_member(  # every process takes part
+    (experiment.final_params(state), experiment.swept(state)), member
+  )
   if not parallel.is_main_process():
     return
   with open(os.path.join(workdir, json_name), "w") as f:
     json.dump(report, f, indent=2)
   # Host copies: the pictures are drawn by this process alone, on its own device.
-  first_seed, x, labels = jax.device_get((first_seed, x, labels))
-  model = experiment.model(first_seed)
+  (params, swept), x, labels = jax.device_get((shown, x, labels))
+  model = experiment.model(params, swept)
   pictures = save_pictures(experiment, model, x, labels, workdir, report=report)
   write_index(workdir, report, pictures)
 
@@ -179,12 +244,22 @@ def caption(report: dict[str, Any]) -> str:
   """What a picture comes from: dataset, binarization, epoch, ELBO of the evaluated split."""
   split = report["split"]
   epoch = f"{report['epochs']:g}"
-  if "early_stopping" in report:  # the pictures are of the first seed's best epoch
-    epoch = f"{report['early_stopping']['best_epoch'][0]} (the best of {epoch})"
-  return (
+  member = pictured_member(report)
+  if "early_stopping" in report:  # the pictures are of that member's best epoch
+    epoch = f"{report['early_stopping']['best_epoch'][member]} (the best of {epoch})"
+  about = (
     f"{report['dataset']}, {report['binarization']} binarization, epoch {epoch}, "
     f"{split} ELBO {report[f'{split}_elbo']:.2f} nats"
   )
+  if "sweep" in report:
+    sweep = report["sweep"]
+    about += f"\nthe best of the sweep: {_values(sweep['combinations'][sweep['best_combination']])}"
+  return about
+
+
+def _values(member: dict[str, Any]) -> str:
+  """A sweep member's values, "beta=0.5, learning_rate=0.001"."""
+  return ", ".join(f"{name}={value:g}" for name, value in member["values"].items())
 
 
 def display_examples(labels: np.ndarray, num_classes: int, count: int) -> np.ndarray:
@@ -273,11 +348,57 @@ def save_pictures(
       f"{' (class 0)' if conditional else ''}\n{about}",
     )
   records = metrics.read_records(workdir)
-  if records:
+  if "sweep" in report:
+    pictures.update(sweep_pictures(report, records, title=about))
+  elif records:
     pictures["training_curves"] = plots.training_curves(records, title=about)
   for name, picture in pictures.items():
     plots.save_png(os.path.join(workdir, f"{name}.png"), picture)
   return [f"{name}.png" for name in pictures]
+
+
+def sweep_pictures(report: dict[str, Any], records: list[dict], *, title: str) -> dict:
+  """A sweep's comparisons: every member's test ELBO per epoch (training_curves), for a
+  sweep over beta the rate-distortion plane (rate_distortion), for two swept fields a
+  heatmap of the IS log-likelihood (sweep_heatmap); means over seeds."""
+  split, sweep, seeds = report["split"], report["sweep"], report["num_seeds"]
+  combinations, fields = sweep["combinations"], sweep["fields"]
+  names = [_values(entry) for entry in combinations]
+  pictures = {}
+  if records:
+    per_epoch = np.array(
+      [r.get("test/elbo_per_member", [r["test/elbo"]]) for r in records], np.float64
+    )
+    means = per_epoch.reshape(len(records), len(combinations), seeds).mean(axis=-1)
+    pictures["training_curves"] = plots.sweep_curves(
+      [r["epoch"] for r in records],
+      {name: means[:, c] for c, name in enumerate(names)},
+      ylabel="test ELBO (nats), mean over seeds",
+      title=title,
+    )
+  if "beta" in fields:
+    pictures["rate_distortion"] = plots.rate_distortion(
+      [entry[f"{split}_kl"] for entry in combinations],
+      [-entry[f"{split}_reconstruction"] for entry in combinations],
+      names,
+      title=title,
+    )
+  if len(fields) == 2:
+    (first, first_values), (second, second_values) = fields.items()
+    values = np.array(
+      [
+        np.nan if any(entry["diverged_at_step"]) else entry[f"{split}_log_likelihood"]
+        for entry in combinations
+      ]
+    ).reshape(len(first_values), len(second_values))
+    pictures["sweep_heatmap"] = plots.heatmap(
+      values,
+      (first, list(first_values)),
+      (second, list(second_values)),
+      label=f"{split} log p(x), IS-{report['log_likelihood_num_samples']} (nats)",
+      title=title,
+    )
+  return pictures
 
 
 def _value(report: dict[str, Any], name: str, digits: int = 2) -> str:
@@ -313,6 +434,59 @@ def _headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
   return rows
 
 
+def _seeds_cell(entry: dict[str, Any], name: str) -> str:
+  """ "mean ± standard error (sd S)": S the spread across seeds (with several seeds)."""
+  cell = _value(entry, name)
+  if f"{name}_seed_std" in entry:
+    cell += f" (sd {entry[f'{name}_seed_std']:.2f})"
+  return cell
+
+
+def sweep_table(report: dict[str, Any]) -> list[list[str]]:
+  """A sweep's combinations as rows of strings, the header first: each swept field, the split's
+  ELBO, IS log-likelihood, KL and reconstruction (means over seeds ± standard error over
+  examples, with the spread across seeds), and which is best or diverged."""
+  split, sweep = report["split"], report["sweep"]
+  header = [
+    *sweep["fields"],
+    f"{split} ELBO",
+    f"log p(x), IS-{report['log_likelihood_num_samples']}",
+    "KL (rate)",
+    "reconstruction",
+    "",
+  ]
+  rows = [header]
+  for c, entry in enumerate(sweep["combinations"]):
+    diverged = [
+      f"seed {seed} diverged at step {step}"
+      for seed, step in zip(sweep["seeds"], entry["diverged_at_step"])
+      if step is not None
+    ]
+    note = ", ".join(diverged) or ("best" if c == sweep["best_combination"] else "")
+    rows.append(
+      [
+        *(f"{v:g}" for v in entry["values"].values()),
+        *(_seeds_cell(entry, f"{split}_{n}") for n in ("elbo", "log_likelihood")),
+        *(f"{entry[f'{split}_{n}']:.2f}" for n in ("kl", "reconstruction")),
+        note,
+      ]
+    )
+  return rows
+
+
+def _sweep_lines(report: dict[str, Any]) -> list[str]:
+  rows = sweep_table(report)
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  seeds = report["num_seeds"]
+  lines = [
+    f"Sweep: {len(rows) - 1} combinations x {seeds} seed{'s' if seeds > 1 else ''}, trained in "
+    "one program (means over seeds ± standard error over images"
+    + (", sd: the spread across seeds):" if seeds > 1 else "):")
+  ]
+  lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+  return lines
+
+
 def human_summary(report: dict[str, Any], workdir: str) -> str:
   """The end-of-run summary printed to stdout; the full record is summary.json."""
   split = report["split"]
@@ -324,9 +498,13 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
     f"Evaluated on {int(report[f'{split}_num_examples']):,} {split} images, nats per image "
     "± standard error over images:",
   ]
+  if "sweep" in report:
+    lines[-1] = lines[-1][:-1] + ", the best member's:"
   rows = _headline_rows(report)
   width = max(len(what) for what, _ in rows)
   lines += [f"  {what:<{width}}  {value}" for what, value in rows]
+  if "sweep" in report:
+    lines += _sweep_lines(report)
   if "early_stopping" in report:
     early_stopping = report["early_stopping"]
     lines.append(
@@ -390,6 +568,16 @@ def write_index(workdir: str, report: dict[str, Any], pictures: list[str]) -> st
     f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>'
     for name in pictures
   )
+  if "sweep" in report:  # the combinations before the pictures (of the best one)
+    table = sweep_table(report)
+    images = (
+      "<table>"
+      + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table
+      )
+      + "</table>"
+      + images
+    )
   page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(caption(report))}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}}
@@ -420,6 +608,12 @@ def markdown(report: dict, split: str) -> str:
     kl = kl[0]  # several seeds: the first
   if kl:
     lines[-1] += " KL per latent dimension (nats): " + ", ".join(f"{v:.2f}" for v in kl)
+  if "sweep" in report:  # the numbers above are the best member's
+    lines[0] += f", the best of {len(report['sweep']['combinations'])} swept combinations"
+    rows = sweep_table(report)
+    lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    lines += ["", "Means over seeds ± standard error over examples; sd: the spread across seeds."]
   lines.append("")
   for name in (
     "binarization",

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import models
+from vae_jax import models, sweeps
 
 
 def make_model(
@@ -54,18 +54,18 @@ def make_model(
 
 
 def learning_rate_schedule(
-  config: ml_collections.ConfigDict, steps_per_epoch: int
+  config: ml_collections.ConfigDict, steps_per_epoch: int, learning_rate=None
 ) -> optax.ScalarOrSchedule:
-  """Constant, cosine decay, or Burda et al. 2015's: 3^i epochs at lr * 10^(-i/7), i = 0..7."""
+  """Constant, cosine decay, or Burda et al. 2015's: 3^i epochs at lr * 10^(-i/7), i = 0..7;
+  peaking at learning_rate (a sweep member's), config.learning_rate when None."""
+  peak = config.learning_rate if learning_rate is None else learning_rate
   total_steps = config.num_epochs * steps_per_epoch
   if config.lr_schedule == "constant":
-    return config.learning_rate  # a number: no schedule counter to update at every step
+    return peak  # a number: no schedule counter to update at every step
   if config.lr_schedule == "cosine":
-    return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+    return optax.cosine_decay_schedule(peak, total_steps)
   boundaries = np.cumsum([3**i for i in range(7)]) * steps_per_epoch
-  return optax.piecewise_constant_schedule(
-    config.learning_rate, {int(b): 10 ** (-1 / 7) for b in boundaries}
-  )
+  return optax.piecewise_constant_schedule(peak, {int(b): 10 ** (-1 / 7) for b in boundaries})
 
 
 def normalize_each_gradient(eps: float = 1e-7) -> optax.GradientTransformation:
@@ -79,22 +79,28 @@ def normalize_each_gradient(eps: float = 1e-7) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-  config: ml_collections.ConfigDict, steps_per_epoch: int
+  config: ml_collections.ConfigDict, steps_per_epoch: int, hparams: dict | None = None
 ) -> optax.GradientTransformation:
   """Adam with the config's learning-rate schedule and moments (AdamNormGrad where
-  config.adam_normgrad)."""
+  config.adam_normgrad); a sweep member's learning rate and moments from its hparams.
+
+  Every member's optimizer state has the same structure (Adam's moments and count), so
+  the members stack on one axis; their hyperparameters are traced values of the step."""
+  hparams = hparams or sweeps.hparams(config)
   adam = optax.adam(
-    learning_rate_schedule(config, steps_per_epoch),
-    b1=config.adam_b1,
-    b2=config.adam_b2,
-    eps=config.adam_eps,
+    learning_rate_schedule(config, steps_per_epoch, hparams["learning_rate"]),
+    b1=hparams["adam_b1"],
+    b2=hparams["adam_b2"],
+    eps=hparams["adam_eps"],
   )
   return optax.chain(normalize_each_gradient(), adam) if config.adam_normgrad else adam
 
 
 def seed_keys(config: ml_collections.ConfigDict) -> jax.Array:
-  """One key per seed: seed i of a multi-seed run is the run with seed config.seed + i."""
-  return jax.vmap(jax.random.key)(config.seed + jnp.arange(config.num_seeds))
+  """One key per member: seed i of a multi-seed run is the run with seed config.seed + i;
+  in a sweep, each combination's seeds are those again (vae_jax.sweeps)."""
+  seeds = [member["seed"] for member in sweeps.member_settings(config)]
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.int32))
 
 
 def purpose_keys(seed_key):

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vae_jax import checkpoints, data, metrics, models, parallel, report
+from vae_jax import checkpoints, data, metrics, models, parallel, report, sweeps
 from vae_jax.config import check_resumable, load_workdir_config, validate_config
 from vae_jax.experiment import Experiment
 from vae_jax.progress import Progress, format_duration
@@ -88,8 +88,12 @@ def train_and_evaluate(
   }
   test_x, test_labels = eval_splits["test"]
 
-  writer = metrics.MetricWriter(workdir, resumed_step=step) if main_process else None
-  images_per_call = experiment.steps_per_call * config.batch_size * config.num_seeds
+  writer = (
+    metrics.MetricWriter(workdir, resumed_step=step, member_names=sweeps.member_names(config))
+    if main_process
+    else None
+  )
+  images_per_call = experiment.steps_per_call * config.batch_size * experiment.num_members
   epoch_metrics, epoch_seconds, seconds_per_epoch = [], 0.0, []
   device = report.device_description()  # logged per epoch: a resume may run elsewhere
   first_epoch = step // experiment.steps_per_epoch
@@ -97,6 +101,8 @@ def train_and_evaluate(
     config.num_epochs, "training", unit="epochs", initial=first_epoch, log_lines=False
   )
   collapse_reported = False
+  member_names = sweeps.member_names(config)
+  diverged_at = np.array(jax.device_get(experiment.diverged_at(state)))  # [members]
   stopped_early = experiment.early_stopping and bool(
     np.all(jax.device_get(experiment.early_stopping_numbers(state)["stopped"]))
   )
@@ -109,15 +115,34 @@ def train_and_evaluate(
         state, call_metrics = experiment.train_chunk(state, keys, train_images, train_labels)
         call_metrics = jax.device_get(call_metrics)
         epoch_seconds += time.perf_counter() - start
-        if not all(np.all(np.isfinite(values)) for values in call_metrics.values()):
-          checkpointer.save(step, last_good_state)
+        finite = np.all([np.isfinite(v) for v in call_metrics.values()], axis=0)  # [members]
+        newly_diverged = ~finite & (diverged_at < 0)
+        if newly_diverged.any():
           # Re-run the call step by step (deterministic: all randomness is (seed, step)).
           per_step = experiment.trace_chunk(last_good_state, keys, train_images, train_labels)
-          failure = first_failure(jax.device_get(per_step[1]), step)
-          raise FloatingPointError(
-            f"Training diverged at {failure}. The last good state (step {step}) is saved in "
-            f"{workdir}; lower the learning rate or check the data before resuming."
-          )
+          failures = first_failures(jax.device_get(per_step[1]), step)
+          if not config.sweep or np.all(newly_diverged | (diverged_at >= 0)):
+            checkpointer.save(step, last_good_state)
+            first = min(failures, key=lambda m: (failures[m][0], m), default=None)
+            member = int(np.flatnonzero(newly_diverged)[0]) if first is None else first
+            raise FloatingPointError(
+              f"Training diverged at {describe_failure(failures, member, member_names)}. The "
+              f"last good state (step {step}) is saved in {workdir}; lower the learning rate "
+              "or check the data before resuming."
+            )
+          # A sweep goes on: the diverged members keep their last good state, marked.
+          for member in np.flatnonzero(newly_diverged):
+            diverged_at[member] = failures.get(member, (step, []))[0]
+            failure = describe_failure(failures, member, member_names)
+            progress.write(
+              f"Warning: a sweep member diverged, {failure}; it keeps its state of step "
+              f"{step} and trains no further (the others go on)."
+            )
+        if (diverged_at >= 0).any():
+          state = experiment.freeze_members(state, last_good_state, diverged_at)
+          call_metrics = {  # a diverged member's metrics: NaN from then on
+            k: np.where(diverged_at >= 0, np.nan, v) for k, v in call_metrics.items()
+          }
         del last_good_state  # freed before the next call's copy
         step += experiment.steps_per_call
         epoch_metrics.append(call_metrics)
@@ -131,7 +156,9 @@ def train_and_evaluate(
           evaluations = {
             f"{split}/{k}": v
             for split, (x, labels) in eval_splits.items()
-            for k, v in jax.device_get(experiment.evaluate(state["params"], x, labels)).items()
+            for k, v in jax.device_get(
+              experiment.evaluate(state["params"], experiment.swept(state), x, labels)
+            ).items()
           }
           if experiment.early_stopping:
             state = experiment.update_early_stopping(state, evaluations["valid/elbo"], epoch)
@@ -139,7 +166,7 @@ def train_and_evaluate(
             evaluations["valid/best_elbo"] = early_stopping["best_elbo"]
             evaluations["valid/best_epoch"] = early_stopping["best_epoch"]
             stopped_early = bool(np.all(early_stopping["stopped"]))
-          record = report.mean_over_seeds({**train, **evaluations})
+          record = report.mean_over_seeds({**train, **evaluations}, sweep=bool(config.sweep))
           record["epoch"] = epoch
           record["images_per_second"] = len(epoch_metrics) * images_per_call / epoch_seconds
           record["train_seconds"] = epoch_seconds
@@ -160,6 +187,15 @@ def train_and_evaluate(
             f"{record['test/reconstruction']:.2f}, kl {record['test/kl']:.2f}) | "
             f"{record['images_per_second']:.0f} img/s | ETA {format_duration(eta)}"
           )
+          if config.sweep:  # means over the members say little: the best one, by name
+            elbos = evaluations["test/elbo"]
+            best = int(np.nanargmax(elbos))
+            line = (
+              f"epoch {epoch}/{config.num_epochs} step {step} | {experiment.num_members} "
+              f"members, test elbo best {elbos[best]:.2f} ({member_names[best]}), median "
+              f"{np.nanmedian(elbos):.2f} | {int(np.sum(diverged_at >= 0))} diverged | "
+              f"{record['images_per_second']:.0f} img/s | ETA {format_duration(eta)}"
+            )
           progress.update(1, loss=f"{record['train/loss']:.2f}", elbo=f"{record['test/elbo']:.2f}")
           if abs(record["test/kl"]) < COLLAPSED_KL and not collapse_reported:
             collapse_reported = True
@@ -231,15 +267,26 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def first_failure(step_metrics: dict[str, np.ndarray], first_step: int) -> str:
-  """'step S (seed i): non-finite kl, gradient_norm' for the first bad step of a call."""
-  finite = {name: np.isfinite(values) for name, values in step_metrics.items()}  # [seeds, steps]
-  bad = ~np.all(np.stack(list(finite.values())), axis=0)
-  if not bad.any():  # not reproduced step by step: say where the call started
-    return f"a step of the call from step {first_step}"
-  seed, step = min(zip(*np.nonzero(bad)), key=lambda sv: (sv[1], sv[0]))
-  terms = [name for name, ok in finite.items() if not ok[seed, step]]
-  return f"step {first_step + step} (seed {seed}): non-finite {', '.join(terms)}"
+def first_failures(step_metrics: dict[str, np.ndarray], first_step: int) -> dict:
+  """{member: (its first non-finite step, the non-finite terms)} from a call's per-step
+  metrics ([members, steps]); a member absent did not go non-finite step by step."""
+  finite = {name: np.isfinite(values) for name, values in step_metrics.items()}
+  bad = ~np.all(np.stack(list(finite.values())), axis=0)  # [members, steps]
+  failures = {}
+  for member in np.flatnonzero(bad.any(axis=1)):
+    step = int(np.argmax(bad[member]))
+    terms = [name for name, ok in finite.items() if not ok[member, step]]
+    failures[int(member)] = (first_step + step, terms)
+  return failures
+
+
+def describe_failure(failures: dict, member: int, member_names=None) -> str:
+  """'step S (seed i): non-finite kl, gradient_norm', or a sweep member's by its values."""
+  who = f"member {member_names[member]}" if member_names else f"seed {member}"
+  if member not in failures:  # not reproduced step by step
+    return f"a step of the call ({who})"
+  step, terms = failures[member]
+  return f"step {step} ({who}): non-finite {', '.join(terms)}"
 
 
 def _check_writable(workdir: str) -> None:
@@ -261,7 +308,7 @@ def _check_writable(workdir: str) -> None:
 def restore_model(
   workdir: str,
   *,
-  seed: int = 0,
+  member: int | dict = 0,
   model: models.LatentVariableModel | None = None,
   dataset: data.Dataset | None = None,
 ) -> tuple[models.LatentVariableModel, int]:
@@ -271,15 +318,20 @@ def restore_model(
 
   Args:
     workdir: a workdir of train_and_evaluate.
-    seed: which of the run's seeds.
+    member: which of the run's members: an index (seed config.seed + i of a run without a
+      sweep), or a sweep member's values, {"beta": 0.5, "seed": 1} (the seed defaults to
+      the config's), as summary.json's sweep lists them.
     model: for a run trained with model=..., a module of the same structure (its
       parameters are replaced); None: the model its config describes.
     dataset: the data (for the image shape and classes); loaded from the config when None.
   """
   config = load_workdir_config(workdir)
+  index = sweeps.member_index(config, member)
   if dataset is None:
     dataset = data.load_for_config(config)
   experiment = Experiment(config, dataset, model=model)
   step, state = experiment.restore(workdir)
-  params = experiment.seed_params(experiment.final_params(state), seed)
-  return experiment.model(jax.device_get(params)), step
+  params, swept = experiment.take_member(
+    (experiment.final_params(state), experiment.swept(state)), index
+  )
+  return experiment.model(*jax.device_get((params, swept))), step
