@@ -71,7 +71,7 @@ def compare_combinations(config, per_member: list[dict], diverged_at) -> dict[st
     entry = {"values": values, **combine_seeds(group)}
     if num_seeds > 1:
       for name in group[0]:
-        if name.endswith("_stderr") or isinstance(group[0][name], list):
+        if name.endswith("_stderr") or name == "num_examples" or isinstance(group[0][name], list):
           continue
         entry[f"{name}_seed_std"] = float(np.std([g[name] for g in group], ddof=1))
     steps = diverged_at[c * num_seeds : (c + 1) * num_seeds]
@@ -599,7 +599,9 @@ def markdown(report: dict, split: str) -> str:
   lines = [f"# Evaluation of {report['dataset']} ({split} split)", "", "| metric | value |"]
   lines.append("|---|---|")
   for name, value in report.items():
-    if not name.startswith(f"{split}_") or name.endswith("_stderr") or isinstance(value, list):
+    if not name.startswith(f"{split}_") or isinstance(value, list):
+      continue
+    if name.endswith(("_stderr", "_seed_std")):  # beside their values; a sweep's table below
       continue
     lines.append(f"| {name[len(split) + 1 :]} | {_value(report, name, digits=3)} |")
   lines += ["", "± is the standard error over examples."]
