@@ -499,7 +499,7 @@ def human_summary(report: dict[str, Any], workdir: str) -> str:
     "± standard error over images:",
   ]
   if "sweep" in report:
-    lines[-1] = lines[-1][:-1] + ", the best member's:"
+    lines[-1] = lines[-1][:-1] + ", the best combination's:"
   rows = _headline_rows(report)
   width = max(len(what) for what, _ in rows)
   lines += [f"  {what:<{width}}  {value}" for what, value in rows]
