@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 
 import helpers
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import _run_chunks, make_small_dataset, tiny_config
+from test_train import _run_chunks, interrupt_at_call, make_small_dataset, tiny_config
 
 from vae_jax import data, metrics, report, sweeps, train
 from vae_jax.config import build_config, load_workdir_config, validate_config
@@ -239,21 +238,7 @@ def test_an_interrupted_sweep_resumes_bit_exactly_and_refuses_another_sweep(
     eval_num_samples=5,
   )
   train.train_and_evaluate(config, str(tmp_path / "straight"), dataset=small_dataset)
-  original_init, calls = Experiment.__init__, []
-
-  def init_with_interrupt(self, *args, **kwargs):
-    original_init(self, *args, **kwargs)
-    jitted = self.train_chunk
-
-    def interrupting_chunk(*chunk_args):
-      calls.append(None)
-      if len(calls) == 3:  # mid-epoch (4 calls per epoch)
-        os.kill(os.getpid(), signal.SIGTERM)
-      return jitted(*chunk_args)
-
-    self.train_chunk = interrupting_chunk
-
-  monkeypatch.setattr(Experiment, "__init__", init_with_interrupt)
+  original_init = interrupt_at_call(monkeypatch, 3)  # mid-epoch (4 calls per epoch)
   interrupted = str(tmp_path / "interrupted")
   with pytest.raises(SystemExit):
     train.train_and_evaluate(config, interrupted, dataset=small_dataset)

@@ -569,6 +569,27 @@ def _final_params(workdir):
   return step, config, restored
 
 
+def interrupt_at_call(monkeypatch, call: int):
+  """Makes every Experiment send this process a real SIGTERM during its `call`-th device
+  call; returns the original Experiment.__init__ (to undo it with monkeypatch.setattr)."""
+  original_init, calls = Experiment.__init__, []
+
+  def init_with_interrupt(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    jitted = self.train_chunk
+
+    def interrupting_chunk(*chunk_args):
+      calls.append(None)
+      if len(calls) == call:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return jitted(*chunk_args)
+
+    self.train_chunk = interrupting_chunk
+
+  monkeypatch.setattr(Experiment, "__init__", init_with_interrupt)
+  return original_init
+
+
 @pytest.mark.parametrize(
   "posterior",
   [{}, dict(posterior="iaf", flow_steps=2, analytic_kl=False)],
@@ -585,21 +606,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(
   assert (tmp_path / "straight" / "latent_scatter.png").exists()
 
   # A real SIGTERM arrives during the 3rd device call: mid-epoch (4 calls per epoch).
-  original_init, calls = Experiment.__init__, []
-
-  def init_with_interrupt(self, *args, **kwargs):
-    original_init(self, *args, **kwargs)
-    jitted = self.train_chunk
-
-    def interrupting_chunk(*chunk_args):
-      calls.append(None)
-      if len(calls) == 3:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return jitted(*chunk_args)
-
-    self.train_chunk = interrupting_chunk
-
-  monkeypatch.setattr(Experiment, "__init__", init_with_interrupt)
+  original_init = interrupt_at_call(monkeypatch, 3)
   interrupted = str(tmp_path / "interrupted")
   with pytest.raises(SystemExit) as exit_info:
     train.train_and_evaluate(config, interrupted, dataset=small_dataset)
