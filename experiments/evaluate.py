@@ -7,9 +7,13 @@ standard error over test examples), bits/dim for 8-bit data, active units, KL
 per latent dimension, the binarization and the command; and the pictures
 (samples, reconstructions, interpolations, latent scatter, 2-D manifold,
 training curves) as PNGs in DIR. A sweep's workdir is evaluated member by member and
-compared as the trainer's summary compares it (docs/guide/sweeps.md).
+compared as the trainer's summary compares it (docs/guide/sweeps.md). A workdir trained
+with a model of one's own needs --model=MODULE:FUNCTION, the function that builds it:
+
+  python -m experiments.evaluate --workdir=DIR --model=experiments.hvae:model_for_config
 """
 
+import importlib
 import os
 import shlex
 import sys
@@ -29,6 +33,12 @@ _IWAE_SAMPLES = flags.DEFINE_list("iwae_samples", None, "IWAE bounds' K (default
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "valid"], "The split to evaluate.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the config's TFDS data_dir.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Override the config's manual_dir.")
+_MODEL = flags.DEFINE_string(
+  "model",
+  None,
+  "For a workdir trained with a model of one's own: MODULE:FUNCTION, where FUNCTION(config, "
+  "dataset) builds a module of the same structure (e.g. experiments.hvae:model_for_config).",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -53,7 +63,7 @@ def main(argv):
   validate_config(config)
   parallel.initialize_distributed(config)
   dataset = data.load_for_config(config)
-  experiment = Experiment(config, dataset)
+  experiment = Experiment(config, dataset, model=_model(config, dataset))
   step, state = experiment.restore(workdir)  # no checkpoint: a one-line error
   images, labels = {
     "test": (dataset.test_images, dataset.test_labels),
@@ -73,6 +83,21 @@ def main(argv):
   with open(os.path.join(workdir, "eval.md"), "w") as f:
     f.write(report.markdown(results, _SPLIT.value))
   print(report.human_summary(results, workdir))
+
+
+def _model(config, dataset):
+  """The module --model builds for config and dataset; None without the flag."""
+  if _MODEL.value is None:
+    return None
+  module_name, _, function_name = _MODEL.value.partition(":")
+  try:
+    build = getattr(importlib.import_module(module_name), function_name)
+  except (ImportError, AttributeError, ValueError) as error:
+    raise app.UsageError(
+      f"--model={_MODEL.value}: expected MODULE:FUNCTION, an importable module and a "
+      f"function in it, e.g. experiments.hvae:model_for_config ({error})."
+    ) from None
+  return build(config, dataset)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ latent_dim, prior and prior_components are read. The ELBO's KL is sampled. With 
 tomczak2018_*_static.py configs it is Table 2's "HVAE (L = 2)" on static MNIST: -83.19
 nats with the VampPrior, -86.05 with the standard prior (--config.prior=standard_normal),
 as commonly cited. `vae_jax.train.restore_model(workdir, model=TwoLevelVAE(...))` reloads
-a trained one.
+a trained one, and `python -m experiments.evaluate --workdir=DIR
+--model=experiments.hvae:model_for_config` re-evaluates it.
 """
 
 import shlex

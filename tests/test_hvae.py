@@ -1,6 +1,10 @@
 """Tests for experiments/hvae.py: Tomczak & Welling's two-level HVAE, a model of one's own
 that trains and evaluates through the protocol."""
 
+import json
+import os
+
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +13,8 @@ from flax import nnx
 from test_train import make_small_dataset, tiny_config
 
 from experiments import hvae
-from vae_jax import models, train
+from vae_jax import data, models, state, train
+from vae_jax.config import load_workdir_config
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +72,46 @@ def test_it_trains_evaluates_and_restores_through_the_library(tmp_path):
   )
   assert isinstance(restored, hvae.TwoLevelVAE)
   assert not np.allclose(restored.prior.pseudo_inputs[...], model.prior.pseudo_inputs[...])
+
+
+def test_its_workdir_re_evaluates_only_with_its_model(tmp_path):
+  workdir = str(tmp_path / "hvae")
+  config_flags = [
+    "--config=experiments/configs/smoke.py",
+    "--config.prior=vampprior",
+    "--config.prior_components=7",
+    "--config.analytic_kl=False",
+    "--config.latent_dim=3",
+    "--config.eval_num_samples=20",
+  ]
+  trained = helpers.run_module("experiments.hvae", f"--workdir={workdir}", *config_flags)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert json.load(open(os.path.join(workdir, "model.json"))) == {
+    "model": "experiments.hvae.TwoLevelVAE"
+  }
+  # Without the model, a one-line refusal that says what to pass, not "damaged".
+  refused = helpers.run_module("experiments.evaluate", f"--workdir={workdir}")
+  assert refused.returncode == 1
+  assert "--model=MODULE:FUNCTION" in refused.stderr and "damaged" not in refused.stderr
+  config = load_workdir_config(workdir)
+  with pytest.raises(ValueError, match="experiments.hvae.TwoLevelVAE"):
+    train.restore_model(workdir)
+  with pytest.raises(ValueError, match="experiments.hvae.TwoLevelVAE"):  # nor resumes
+    train.train_and_evaluate(config, workdir)
+  dataset = data.load_for_config(config)
+  another = state.make_model(config, dataset.image_shape, dataset.num_classes, nnx.Rngs(0))
+  with pytest.raises(ValueError, match="pass a TwoLevelVAE"):
+    train.restore_model(workdir, model=another, dataset=dataset)
+  bad = helpers.run_module("experiments.evaluate", f"--workdir={workdir}", "--model=hvae")
+  assert bad.returncode == 1 and "expected MODULE:FUNCTION" in bad.stderr
+  # With it, experiments.evaluate reproduces the trainer's final evaluation.
+  evaluated = helpers.run_module(
+    "experiments.evaluate", f"--workdir={workdir}", "--model=experiments.hvae:model_for_config"
+  )
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  report = json.load(open(os.path.join(workdir, "eval.json")))
+  for name in ("test_elbo", "test_log_likelihood", "test_iwae_5"):
+    np.testing.assert_allclose(report[name], summary[name], rtol=1e-5, err_msg=name)
+  restored, _ = train.restore_model(workdir, model=hvae.model_for_config(config, dataset))
+  assert isinstance(restored, hvae.TwoLevelVAE)

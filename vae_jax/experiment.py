@@ -7,6 +7,9 @@ final evaluation and pictures are vae_jax/report.py.
 """
 
 import functools
+import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,18 @@ from flax import nnx
 from vae_jax import checkpoints, data, evaluation, losses, models, parallel, sweeps
 from vae_jax import config as config_lib
 from vae_jax import state as state_lib
+
+#: The file in which a workdir names the model of one's own it was trained with.
+MODEL_FILE = "model.json"
+
+
+def _class_name(model) -> str:
+  """module.Class of a model, with the module a script run by `python -m` was imported as."""
+  module = type(model).__module__
+  if module == "__main__":
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name if spec else module
+  return f"{module}.{type(model).__qualname__}"
 
 
 class Experiment:
@@ -65,9 +80,11 @@ class Experiment:
       self.make_model = lambda rngs: state_lib.make_model(
         config, dataset.image_shape, dataset.num_classes, rngs
       )
+      self.model_name = ""  # the model the config describes
     else:  # every seed starts from the given module's parameters
       models.check_model(model)
       self.make_model = lambda rngs: model
+      self.model_name = _class_name(model)
     abstract_model = nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0)))
     self.graphdef = nnx.graphdef(abstract_model)
     self.integer_data = abstract_model.integer_data
@@ -170,11 +187,41 @@ class Experiment:
 
   def restore(self, workdir: str) -> tuple[int, dict]:
     """The newest intact checkpoint of a workdir of this config: (step, train state)."""
+    self.check_model_of(workdir)
     checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=self.config.max_checkpoints)
     try:
       return checkpointer.restore(self.abstract_state())
     finally:
       checkpointer.close()
+
+  def record_model(self, workdir: str) -> None:
+    """Names this experiment's model of one's own in workdir (no file for the config's)."""
+    path = os.path.join(workdir, MODEL_FILE)
+    if self.model_name:
+      with open(path, "w") as f:
+        json.dump({"model": self.model_name}, f)
+    elif os.path.exists(path):  # a run started over in the workdir of another model
+      os.remove(path)
+
+  def check_model_of(self, workdir: str) -> None:
+    """Refuses a workdir trained with a model of one's own when this experiment has
+    another (or the config's): its checkpoints would not fit and would look damaged."""
+    path = os.path.join(workdir, MODEL_FILE)
+    if not os.path.exists(path):  # the config's model, or a workdir from before the file
+      return
+    with open(path) as f:
+      trained = json.load(f)["model"]
+    if not self.model_name:
+      raise ValueError(
+        f"{workdir} was trained with a model of one's own, {trained}: pass a module of the "
+        "same structure (model=... to train_and_evaluate or restore_model; "
+        "experiments.evaluate --model=MODULE:FUNCTION, e.g. experiments.hvae:model_for_config)."
+      )
+    if trained.rsplit(".", 1)[-1] != self.model_name.rsplit(".", 1)[-1]:  # modules move
+      raise ValueError(
+        f"{workdir} was trained with {trained}, and this model is {self.model_name}: pass "
+        f"a {trained.rsplit('.', 1)[-1]} of the same structure."
+      )
 
   # --- State -------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ def train_and_evaluate(
   )
   if checkpointer.latest_step() is not None:
     check_resumable(load_workdir_config(workdir), config)  # before config.json is replaced
+    experiment.check_model_of(workdir)
     step, state = checkpointer.restore(experiment.abstract_state())
     logging.info("Resumed from the checkpoint at step %d in %s.", step, workdir)
   else:
@@ -76,6 +77,7 @@ def train_and_evaluate(
   if main_process:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    experiment.record_model(workdir)
   keys, train_images, train_labels = experiment.train_inputs()
   # Evaluation splits as model inputs, binarized once: "valid" only where there is one.
   eval_splits = {
