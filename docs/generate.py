@@ -48,12 +48,14 @@ BURDA2015_TABLE1 = {
   "burda2015_iwae_k50_2layer": ("IWAE, 2 layers, k=50", -82.90),
 }
 # Tomczak & Welling 2018 (arXiv:1705.07120), Table 2 as commonly cited: test log p(x) by
-# IS-5000 of the one-stochastic-layer VAE. run: (prior, data, paper).
+# IS-5000 of the VAE with one stochastic layer, and of the two-level HVAE
+# (experiments/hvae.py). run: (model, prior, data, paper).
 TOMCZAK2018_TABLE2 = {
-  "tomczak2018_vae_static": ("standard", "static", -88.56),
-  "tomczak2018_vampprior_static": ("VampPrior", "static", -85.57),
-  "tomczak2018_vae_dynamic": ("standard", "dynamic", -84.50),
-  "tomczak2018_vampprior_dynamic": ("VampPrior", "dynamic", -82.38),
+  "tomczak2018_vae_static": ("VAE", "standard", "static", -88.56),
+  "tomczak2018_vampprior_static": ("VAE", "VampPrior", "static", -85.57),
+  "tomczak2018_vae_dynamic": ("VAE", "standard", "dynamic", -84.50),
+  "tomczak2018_vampprior_dynamic": ("VAE", "VampPrior", "dynamic", -82.38),
+  "tomczak2018_hvae_vampprior_static": ("HVAE", "VampPrior", "static", -83.19),
 }
 README_TABLE_BEGIN = "<!-- table1: python docs/generate.py renders it from results/*/eval.json -->"
 README_TABLE_END = "<!-- /table1 -->"
@@ -262,10 +264,11 @@ def table2_md(*, link: bool) -> str:
   progress (from metrics.jsonl) while it trains; link: the run column links to
   results/<run> (from the README), else names the folder."""
   lines = [
-    "| prior | MNIST | paper | IS-5000 here | ELBO | best epoch / trained | minutes | run |",
-    "|---|---|---|---|---|---|---|---|",
+    "| model | prior | MNIST | paper | IS-5000 here | ELBO | best epoch / trained | minutes "
+    "| run |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
-  for run, (prior, binarization, paper) in TOMCZAK2018_TABLE2.items():
+  for run, (model, prior, binarization, paper) in TOMCZAK2018_TABLE2.items():
     folder = os.path.join(ROOT, "results", run)
     report = _read_json(os.path.join(folder, "eval.json"))
     summary = _read_json(os.path.join(folder, "summary.json"))
@@ -292,7 +295,9 @@ def table2_md(*, link: bool) -> str:
       cells = ["not started", "", "", ""]
     name = f"[{run}](results/{run})" if link and os.path.isdir(folder) else f"`results/{run}/`"
     lines.append(
-      f"| {prior} | {binarization} | {_nats(paper)} | " + " | ".join(cells) + f" | {name} |"
+      f"| {model} | {prior} | {binarization} | {_nats(paper)} | "
+      + " | ".join(cells)
+      + f" | {name} |"
     )
   return "\n".join(lines)
 

@@ -58,7 +58,7 @@ def test_readme_table1_is_the_rendered_one():
 
 def test_readme_table2_is_the_rendered_one_with_the_eval_json_numbers():
   assert generate.readme_table2() in readme(), "run `python docs/generate.py` to re-render it"
-  for run, (_, _, paper) in generate.TOMCZAK2018_TABLE2.items():
+  for run, (*_, paper) in generate.TOMCZAK2018_TABLE2.items():
     path = os.path.join(helpers.REPO, "results", run, "eval.json")
     line = next(line for line in readme().splitlines() if line.startswith("|") and run in line)
     numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", line.replace("−", "-"))]
