@@ -8,6 +8,7 @@ pyplot) and lends its bundled font to the annotations.
 """
 
 import functools
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -158,10 +159,30 @@ def interpolations(model, x_from, x_to, *, steps: int = 10, labels=None) -> np.n
   return image_grid(decoded, columns=steps)
 
 
+_TITLE_CHARACTERS = 72  #: per line of a 9-point title, about the width of a _figure()
+
+
 def _figure():
   figure = Figure(figsize=(6, 4.8), dpi=100)
   FigureCanvasAgg(figure)
   return figure, figure.add_subplot()
+
+
+def _wrapped(title: str) -> str:
+  """A plot's title in lines that fit its width (a long one would be cut off at the
+  edge), broken after commas where it can be."""
+  lines = []
+  for line in title.splitlines():
+    current = ""
+    for part in line.split(", "):
+      joined = f"{current}, {part}" if current else part
+      if len(joined) <= _TITLE_CHARACTERS or not current:
+        current = joined
+      else:
+        lines.extend(textwrap.wrap(current + ",", _TITLE_CHARACTERS))
+        current = part
+    lines.extend(textwrap.wrap(current, _TITLE_CHARACTERS) or [""])
+  return "\n".join(lines)
 
 
 def _figure_array(figure) -> np.ndarray:
@@ -192,7 +213,7 @@ def latent_scatter(
   axes.set_ylabel(axis_names[1])
   axes.set_title("posterior means of test images")
   if title:
-    figure.suptitle(title, fontsize=9)
+    figure.suptitle(_wrapped(title), fontsize=9)
   return _figure_array(figure)
 
 
@@ -214,7 +235,7 @@ def training_curves(records: list[dict], *, title: str = "") -> np.ndarray:
   axes.set_ylabel("nats")
   axes.legend()
   if title:
-    axes.set_title(title, fontsize=9)
+    axes.set_title(_wrapped(title), fontsize=9)
   return _figure_array(figure)
 
 
@@ -232,7 +253,7 @@ def sweep_curves(
   axes.set_ylabel(ylabel)
   axes.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
   if title:
-    axes.set_title(title, fontsize=9)
+    axes.set_title(_wrapped(title), fontsize=9)
   return _figure_array(figure)
 
 
@@ -262,7 +283,7 @@ def rate_distortion(
   axes.set_ylabel("rate R = KL (nats)")
   axes.legend(fontsize=7)
   if title:
-    axes.set_title(title, fontsize=9)
+    axes.set_title(_wrapped(title), fontsize=9)
   return _figure_array(figure)
 
 
@@ -298,5 +319,5 @@ def heatmap(
         color="black" if value > middle else "white",
       )
   if title:
-    axes.set_title(title, fontsize=9)
+    axes.set_title(_wrapped(title), fontsize=9)
   return _figure_array(figure)
