@@ -217,10 +217,11 @@ class Experiment:
         "same structure (model=... to train_and_evaluate or restore_model; "
         "experiments.evaluate --model=MODULE:FUNCTION, e.g. experiments.hvae:model_for_config)."
       )
-    if trained.rsplit(".", 1)[-1] != self.model_name.rsplit(".", 1)[-1]:  # modules move
+    trained_class = trained.rsplit(".", 1)[-1]
+    if trained_class != self.model_name.rsplit(".", 1)[-1]:  # the class: modules move
       raise ValueError(
         f"{workdir} was trained with {trained}, and this model is {self.model_name}: pass "
-        f"a {trained.rsplit('.', 1)[-1]} of the same structure."
+        f"a {trained_class} of the same structure."
       )
 
   # --- State -------------------------------------------------------------------------
